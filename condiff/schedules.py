@@ -147,7 +147,7 @@ class DiscreteSchedule:
         if steps > T:
             raise ValueError(f"steps={steps} exceeds the {T} timesteps of this schedule")
         if spacing == "trailing":
-            ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
+            ts = torch.round(T - torch.arange(steps, dtype=torch.float64) * (T / steps)) - 1
         elif spacing == "leading":
             ts = (torch.arange(0, steps, dtype=torch.float64) * (T // steps)).flip(0)
         elif spacing == "linspace":

@@ -1,0 +1,62 @@
+"""Shared CLI helpers: model loading options, output naming, saving with parameters (no maths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from ..images import save_png
+
+MODEL_OPT = typer.Option("builtin", "--model", "-m", help="Built-in model name or a local Stable Diffusion folder/file.")
+DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when available).")
+DTYPE_OPT = typer.Option("auto", "--dtype", help="fp32, fp16, bf16 or auto (fp32 on CPU, fp16 on CUDA).")
+OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace existing output files.")
+PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; choose fp32, fp16, bf16 or auto")
+    return _DTYPES[dtype]
+
+
+def load(model: str, device: str | None, dtype: str):
+    from ..models.registry import load_model
+
+    dev = resolve_device(device)
+    return load_model(model, device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+
+
+def output_paths(out: Path, n: int) -> list[Path]:
+    """``out`` for one image; ``stem-0.png``, ``stem-1.png``… for several."""
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file name, got {out}")
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
+
+
+def save_result(result, out: Path, overwrite: bool) -> list[Path]:
+    paths = output_paths(out, result.images.shape[0])
+    for p in paths:  # refuse before writing anything
+        if p.exists() and not overwrite:
+            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    for i, p in enumerate(paths):
+        save_png(result.images[i:i + 1], p, result.params_for(i), overwrite=overwrite)
+        typer.echo(f"wrote {p}")
+    return paths

@@ -1,0 +1,167 @@
+"""The model registry: built-in models by name, Stable Diffusion checkpoints by path.
+
+``load_model("builtin")`` (the default everywhere) assembles condiff's own latent diffusion model
+from the weights shipped in ``condiff/weights/``; ``load_model("/path/to/sd")`` hands a local
+Stable Diffusion folder or single file to :mod:`condiff.models.sd_loader`. Both return a
+:class:`~condiff.models.ldm.LatentDiffusion`, so every pipeline has one code path.
+
+Built-in components live one folder each (``config.json`` with sha256 of every shard, the
+safetensors shards, ``MODEL_CARD.md``); checksums are verified at load time.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..schedules import DiscreteSchedule
+from .ldm import LatentDiffusion
+from .weights import WeightsError, load_weights, read_config
+
+__all__ = [
+    "WEIGHTS_DIR",
+    "BUILTIN_MODELS",
+    "builtin_components",
+    "component_dir",
+    "load_component",
+    "load_model",
+    "build_network",
+    "model_summary",
+]
+
+WEIGHTS_DIR = Path(os.environ.get("CONDIFF_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
+
+#: Names accepted by :func:`load_model` for the built-in world.
+BUILTIN_MODELS = ("builtin",)
+
+
+def component_dir(name: str) -> Path:
+    return WEIGHTS_DIR / name
+
+
+def builtin_components() -> dict[str, bool]:
+    """Every built-in component folder and whether its weights are present."""
+    if not WEIGHTS_DIR.exists():
+        return {}
+    return {p.name: (p / "config.json").exists() for p in sorted(WEIGHTS_DIR.iterdir()) if p.is_dir()}
+
+
+def build_network(config: dict[str, Any]) -> nn.Module:
+    """Instantiate the network described by a component's config.json (no weights)."""
+    kind = config.get("kind")
+    net_cfg = config.get("network", {})
+    if kind in ("unet", "inpaint-unet"):
+        from ..nn.unet import UNet, UNetConfig
+
+        return UNet(UNetConfig.from_dict(net_cfg))
+    if kind == "autoencoder":
+        from ..nn.autoencoder import AutoencoderConfig, AutoencoderKL
+
+        return AutoencoderKL(AutoencoderConfig.from_dict(net_cfg))
+    if kind == "controlnet":
+        from ..nn.controlnet import ControlNet, ControlNetConfig
+
+        return ControlNet(ControlNetConfig.from_dict(net_cfg))
+    if kind == "image-encoder":
+        from ..nn.image_encoder import ImageEncoder, ImageEncoderConfig
+
+        return ImageEncoder(ImageEncoderConfig.from_dict(net_cfg))
+    if kind == "classifier":
+        from ..nn.classifier import NoisyClassifier
+        from ..nn.unet import UNetConfig
+
+        return NoisyClassifier(UNetConfig.from_dict(net_cfg), config["num_classes"])
+    raise WeightsError(f"unknown component kind {kind!r} in config.json")
+
+
+def load_component(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict]:
+    """A built-in network with its weights (checksums verified) and its config."""
+    folder = component_dir(name)
+    if not (folder / "config.json").exists():
+        known = [k for k, ok in builtin_components().items() if ok]
+        raise ValueError(
+            f"no built-in component {name!r} in {WEIGHTS_DIR}; available: {', '.join(known) or 'none'}"
+        )
+    config = read_config(folder)
+    net = build_network(config)
+    state = load_weights(folder)
+    try:
+        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"weights in {folder} do not fit the network described by its config.json: {err}") from err
+    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+
+
+def _schedule(config: dict) -> DiscreteSchedule:
+    s = config.get("schedule", {"name": "scaled_linear", "steps": 1000})
+    return DiscreteSchedule.named(s["name"], int(s["steps"]))
+
+
+@lru_cache(maxsize=2)
+def _text_encoder(max_length: int):
+    from ..nn.text_encoder import MiniLMTextEncoder
+
+    return MiniLMTextEncoder(max_length=max_length)
+
+
+def _load_builtin(device, dtype) -> LatentDiffusion:
+    unet, ucfg = load_component("ldm", device, dtype)
+    vae, vcfg = load_component("vae", device, dtype)
+    inpaint = None
+    if builtin_components().get("ldm-inpaint"):
+        inpaint, _ = load_component("ldm-inpaint", device, dtype)
+    text = _text_encoder(int(ucfg.get("text_max_length", 24)))
+    return LatentDiffusion(
+        name="builtin",
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
+        schedule=_schedule(ucfg),
+        prediction=ucfg.get("prediction", "eps"),
+        scaling_factor=float(vcfg.get("scaling_factor", 1.0)),
+        image_size=int(ucfg.get("image_size", 128)),
+        inpaint_unet=inpaint,
+        info={"default_guidance": float(ucfg.get("default_guidance", 5.0)),
+              "default_steps": int(ucfg.get("default_steps", 20))},
+    )
+
+
+def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, **kwargs) -> LatentDiffusion:
+    """Load a model by built-in name or local path (never from the network)."""
+    if name_or_path in BUILTIN_MODELS:
+        missing = [c for c in ("ldm", "vae") if not builtin_components().get(c)]
+        if missing:
+            raise ValueError(
+                f"the built-in model's weights are missing ({', '.join(missing)} under {WEIGHTS_DIR}); "
+                "reinstall condiff or train them with the recipes in recipes/"
+            )
+        return _load_builtin(device, dtype)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        from .sd_loader import load_sd
+
+        return load_sd(path, device=device, dtype=dtype, **kwargs)
+    raise ValueError(
+        f"unknown model {name_or_path!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}) and no such file or "
+        "folder; give a local Stable Diffusion folder or .safetensors file"
+    )
+
+
+def model_summary(model: LatentDiffusion) -> dict[str, Any]:
+    def count(m):
+        return sum(p.numel() for p in m.parameters()) if m is not None else 0
+
+    return {
+        "name": model.name,
+        "prediction": model.prediction,
+        "unet_params": count(model.unet),
+        "vae_params": count(model.vae),
+        "inpaint_unet": model.inpaint_unet is not None,
+        "image_size": model.image_size,
+    }

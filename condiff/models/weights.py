@@ -1,0 +1,117 @@
+"""Weight files: sharded safetensors with sha256 checksums, written atomically, verified on load.
+
+A model folder holds ``config.json`` (the network's config plus a ``files`` table
+``{filename: sha256}``) and one or more ``*.safetensors`` shards, each ≤ ``max_shard_bytes``
+(16 MiB by default, the limit of the GPU machine's return channel and of DESIGN.md §7).
+Loading checks every checksum first, so a corrupted or truncated file gives a clear error
+instead of garbage weights. Only safetensors are read here: no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..io import atomic_path
+
+__all__ = ["save_weights", "load_weights", "read_config", "sha256_file", "WeightsError"]
+
+MAX_SHARD_BYTES = 15 * 1024 * 1024
+
+
+class WeightsError(ValueError):
+    """A weight folder is missing, corrupted or does not fit the network."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _shard(state: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
+    shards: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        t = state[key]
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += n
+    return shards
+
+
+def save_weights(
+    state: dict[str, Tensor],
+    folder: str | Path,
+    config: dict[str, Any],
+    *,
+    dtype: torch.dtype | None = torch.float16,
+    prefix: str = "model",
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> dict[str, str]:
+    """Write ``state`` as checksummed safetensors shards plus ``config.json``; returns {file: sha256}."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cast = {
+        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in state.items()
+    }
+    shards = _shard(cast, max_shard_bytes)
+    files: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        name = f"{prefix}.safetensors" if len(shards) == 1 else f"{prefix}-{i + 1:02d}-of-{len(shards):02d}.safetensors"
+        with atomic_path(folder / name) as tmp:
+            save_file(shard, str(tmp))
+        files[name] = sha256_file(folder / name)
+    meta = dict(config)
+    meta["files"] = files
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return files
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise WeightsError(f"no config.json in {folder}: not a condiff model folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path} is not valid JSON ({err}); the model folder is corrupted") from err
+
+
+def load_weights(folder: str | Path, *, verify: bool = True, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read all shards listed in config.json, verifying each sha256 first."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files = read_config(folder).get("files")
+    if not files:
+        raise WeightsError(f"{folder}/config.json lists no weight files")
+    state: dict[str, Tensor] = {}
+    for name, digest in files.items():
+        path = folder / name
+        if not path.exists():
+            raise WeightsError(f"weight file {path} is missing; reinstall condiff or re-run the training recipe")
+        if verify and sha256_file(path) != digest:
+            raise WeightsError(
+                f"checksum mismatch for {path}: the file is corrupted or was replaced "
+                f"(expected sha256 {digest[:12]}…); reinstall condiff or re-run the training recipe"
+            )
+        try:
+            state.update(load_file(str(path), device=str(device)))
+        except Exception as err:  # safetensors raises its own error types
+            raise WeightsError(f"cannot read {path} as safetensors: {err}") from err
+    return state

@@ -1,0 +1,110 @@
+"""Training a LoRA on a few captioned subject images (thesis §3.3.2 and §4.4.3).
+
+Everything of the model is frozen (W0 locked, eq. 3.17); fresh adapters (A ~ N(0, σ²), B = 0) on
+the cross-attention projections (thesis default, configurable, optionally also on the text
+encoder) are trained with the model's own diffusion objective on (image, caption) pairs, with the
+thesis's settings: lr 1e-4, cosine schedule, batch 1, 400 steps. Captions come from
+:mod:`condiff.personalize.captions` and carry the trigger word ("sks").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .embeddings import own_text_encoder
+from .lora import LoRAConfig, LoRANetwork
+from .lora_formats import lora_components, save_lora
+from .train_common import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_STEPS,
+    LORA_LR,
+    ImageSet,
+    LoopConfig,
+    LoopResult,
+    diffusion_loss,
+    encode_latents,
+    prompt_cond,
+    run_training,
+    training_device,
+)
+
+__all__ = ["LoRATrainConfig", "LoRATrainResult", "train_lora"]
+
+
+@dataclass
+class LoRATrainConfig:
+    """LoRA training settings (thesis §4.4.3)."""
+
+    rank: int = 4
+    alpha: float | None = None
+    targets: dict[str, str | tuple[str, ...]] = field(default_factory=lambda: {"unet": "cross-attention"})
+    init: str = "gaussian"
+    init_std: float | None = None
+    dropout: float = 0.0
+    steps: int = DEFAULT_STEPS
+    lr: float = LORA_LR
+    lr_schedule: str = "cosine"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 100
+    progress: bool = True
+    loop_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def lora(self) -> LoRAConfig:
+        return LoRAConfig(self.rank, self.alpha, dict(self.targets), self.init, self.init_std, self.dropout).validate()
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(steps=self.steps, lr=self.lr, lr_schedule=self.lr_schedule, batch_size=self.batch_size,
+                          seed=self.seed, mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
+                          progress=self.progress, desc="lora", **self.loop_overrides).validate()
+
+
+@dataclass
+class LoRATrainResult:
+    network: LoRANetwork
+    loop: LoopResult
+    path: Path | None = None
+
+
+def train_lora(model: Any, images: ImageSet, captions: Sequence[str], config: LoRATrainConfig | None = None, *,
+               checkpoint: str | os.PathLike | None = None, resume: bool = False,
+               out: str | os.PathLike | None = None, layout: str = "diffusers", overwrite: bool = False,
+               name: str = "lora") -> LoRATrainResult:
+    """Train a new LoRA on ``images`` with ``captions`` (one per image); it stays attached to ``model``."""
+    config = config or LoRATrainConfig()
+    loop = config.loop()
+    if len(captions) != len(images):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images")
+    device = training_device(model)
+    if "text_encoder" in config.targets:
+        own_text_encoder(model)
+    for module in (model.unet, model.vae, model.text_encoder):
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    net = LoRANetwork.inject(lora_components(model), config.lora(), name=name,
+                             generator=torch.Generator().manual_seed(config.seed))
+    net.to(device)
+    text_lora = "text_encoder" in net.components
+    latents = encode_latents(model, images.images)
+    flipped = encode_latents(model, images.images.flip(-1)) if images.flip else latents
+    loss_fn = diffusion_loss(model)
+    denoiser = model.denoiser()
+    b = loop.batch_size
+
+    def step_loss(step: int, g: torch.Generator):
+        idx = torch.randint(0, len(images), (b,), generator=g)
+        flip = torch.rand(b, generator=g) < 0.5 if images.flip else torch.zeros(b, dtype=torch.bool)
+        z0 = torch.where(flip[:, None, None, None], flipped[idx], latents[idx]).to(device)
+        cond = prompt_cond(model, [captions[int(i)] for i in idx], grad=text_lora)
+        return loss_fn(denoiser, z0, cond, g).mean()
+
+    trainable = dict(net.named_parameters())
+    result = run_training(trainable, step_loss, loop, checkpoint=checkpoint, resume=resume, device=device)
+    path = save_lora(net, out, layout, overwrite=overwrite) if out is not None else None
+    return LoRATrainResult(net, result, path)

@@ -1,0 +1,1 @@
+"""Image pipelines (text-to-image, SDEdit, inpainting, ControlNet) over LatentDiffusion models."""

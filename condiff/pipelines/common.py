@@ -1,0 +1,148 @@
+"""Shared pieces of the image pipelines: guided denoisers, sampling with progress, results.
+
+Pipelines are compositions of the core pieces and hold no new maths:
+``sampler(ClassifierFreeGuidance(model.denoiser(), γ, uncond), x, sigmas, cond=…, noise=…)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..denoisers import Cond, Denoiser
+from ..guidance import ClassifierFreeGuidance
+from ..noise import NoiseSource
+from ..samplers.registry import get_sampler, make_sigmas, sampler_info
+from ..models.ldm import LatentDiffusion
+
+__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "noise_for", "progress"]
+
+
+@dataclass
+class PipelineResult:
+    """Images in [0, 1] ([B, 3, H, W], float32 on CPU) and the parameters that made them."""
+
+    images: Tensor
+    params: dict[str, Any]
+    latents: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def params_for(self, i: int) -> dict[str, Any]:
+        """The parameters of image ``i`` (its own seed)."""
+        p = dict(self.params)
+        seeds = p.pop("seeds", None)
+        if seeds is not None:
+            p["seed"] = seeds[i]
+        if isinstance(p.get("prompt"), list):
+            p["prompt"] = p["prompt"][i]
+        return p
+
+
+def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt] * batch
+    prompts = list(prompt)
+    if len(prompts) == 1:
+        return prompts * batch
+    if len(prompts) != batch:
+        raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
+    return prompts
+
+
+def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:
+    """Per-sample seeds: an int seed gives seed, seed+1, … (same image whatever the batch size)."""
+    if isinstance(seed, int):
+        return NoiseSource(seed, batch)
+    seeds = list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+    return NoiseSource(seeds)
+
+
+def guided_denoiser(
+    model: LatentDiffusion,
+    prompts: list[str],
+    negative: str | Sequence[str],
+    guidance: float,
+    *,
+    base: Denoiser | None = None,
+    sigma_interval: tuple[float, float] | None = None,
+    extra_cond: dict[str, Any] | None = None,
+) -> tuple[Denoiser, Cond]:
+    """CFG (thesis eq. 3.9) around ``base`` (default: the model's U-Net denoiser) + the positive Cond."""
+    base = base if base is not None else model.denoiser()
+    cond = model.encode_prompts(prompts)
+    if extra_cond:
+        cond = cond.replace(**extra_cond)
+    if guidance == 1.0:
+        return base, cond
+    neg = as_prompt_list(negative, len(prompts)) if not isinstance(negative, str) else [negative]
+    uncond = model.encode_prompts(neg)
+    return ClassifierFreeGuidance(base, guidance, uncond, sigma_interval=sigma_interval), cond
+
+
+def progress(total: int, desc: str, enabled: bool = True) -> tuple[Callable[[dict], None] | None, Callable[[], None]]:
+    """A sampler callback driving a tqdm bar, and a function that closes it."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    def cb(info: dict) -> None:
+        bar.update(1)
+
+    return cb, bar.close
+
+
+def run_sampler(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    sampler: str,
+    *,
+    cond: Cond | None,
+    noise: NoiseSource,
+    show_progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+    **knobs,
+) -> Tensor:
+    fn = get_sampler(sampler)
+    bar_cb, close = progress(len(sigmas) - 1, sampler, show_progress)
+
+    def cb(info: dict) -> None:
+        if bar_cb:
+            bar_cb(info)
+        if callback:
+            callback(info)
+
+    try:
+        return fn(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=cb, **knobs)
+    finally:
+        close()
+
+
+def schedule_for(denoiser: Denoiser, sampler: str, steps: int | None, schedule: str | None) -> Tensor:
+    info = sampler_info(sampler)
+    steps = info.default_steps if steps is None else steps
+    return make_sigmas(denoiser, steps, schedule or info.default_schedule)
+
+
+def base_params(model: LatentDiffusion, **kw) -> dict[str, Any]:
+    p = {"model": model.name, "prediction": model.prediction, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    p.update({k: v for k, v in kw.items() if v is not None})
+    return p
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1] float32 on CPU."""
+    return ((images.float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def from_unit(images: Tensor, device=None) -> Tensor:
+    """[0, 1] -> [-1, 1]."""
+    return (images.float() * 2 - 1).to(device)

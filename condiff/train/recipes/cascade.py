@@ -1,0 +1,291 @@
+"""Recipes: the cascade's 64×64 base and its SR3 64→128 stage (thesis 3.2.2, eq. 3.10), plus the
+stage helpers the unCLIP recipes share.
+
+Stage functions take the lead's :class:`~condiff.train.recipes.job.JobContext` and are time-boxed
+and step-capped like the job's own stages (``ctx.minutes[stage]`` overrides :data:`STAGE_DEFAULTS`;
+``ctx.small`` runs 3 steps on batches of 4 for a CPU smoke test):
+
+* ``cascade-base`` → component ``cascade-base``: v-loss (eq. 3.10 in v form, see
+  :mod:`condiff.models.cascade`) on the world's pictures area-downsampled to 64×64, with caption
+  dropout 0.1 for CFG and horizontal flips where the picture allows them.
+* ``cascade-sr`` → component ``cascade-sr``: the SR3 pair (area-downsample to 64, bicubic back up to
+  128) with **noise-conditioning augmentation**: the upsampled conditioning is noised to a level
+  s ~ U(0, 1) per sample and s is given to the network as its class label (Ho et al. 2021).
+
+Model-card metrics (held-out records): for the base, the evalenc similarity of samples to their
+captions next to that of the real pictures; for SR, PSNR of the 128² output against the original
+(bicubic as the baseline) and the **consistency error** PSNR(↓SR(x), x) — how closely the SR
+output downsamples back to its own input.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...denoisers import Cond
+from ...losses import VPredictionLoss
+from ...models.cascade import (AUG_LABEL_SCALE, CascadeModel, cascade_base_config, cascade_sr_config, downsample,
+                               noise_augment, pixel_denoiser, upsample_low_res)
+from ...models.weights import load_weights, read_config
+from ...nn.unet import UNet, count_parameters
+from ...schedules import DiscreteSchedule
+from ..loop import TrainConfig, Trainer
+from .export import export_component
+
+__all__ = ["StageDefaults", "STAGE_DEFAULTS", "SCHEDULE", "fit_stage", "warm_start", "text_encoder", "load_evalenc",
+           "evalenc_embeddings", "BaseObjective", "SRObjective", "stage_cascade_base", "stage_cascade_sr"]
+
+SCHEDULE = {"name": "cosine", "steps": 1000}
+
+
+@dataclass(frozen=True)
+class StageDefaults:
+    minutes: float
+    steps: int
+    batch: int
+    lr: float
+
+
+STAGE_DEFAULTS = {
+    "cascade-base": StageDefaults(4.0, 40000, 256, 3e-4),
+    "cascade-sr": StageDefaults(3.0, 30000, 128, 3e-4),
+    "unclip-prior": StageDefaults(1.5, 30000, 1024, 3e-4),
+    "unclip-decoder": StageDefaults(3.0, 30000, 256, 2e-4),
+}
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def fit_stage(ctx, stage: str, model: nn.Module, objective, data) -> dict[str, Any]:
+    """Train ``model`` time-boxed (``ctx.minutes[stage]`` or the default) with EMA; copy the EMA in."""
+    d = STAGE_DEFAULTS[stage]
+    steps = 3 if ctx.small else d.steps
+    cfg = TrainConfig(steps=steps, batch_size=4 if ctx.small else d.batch, lr=d.lr, lr_schedule="cosine",
+                      warmup_steps=min(200, steps // 10), min_lr_ratio=0.1, ema_decay=0.9 if ctx.small else 0.999,
+                      grad_clip=1.0, seed=0, log_every=1 if ctx.small else 50, checkpoint_minutes=3.0, progress=False)
+    trainer = Trainer(model, objective, data, cfg, out_dir=ctx.out / "runs" / stage, device=ctx.device, overwrite=True)
+    t0 = time.time()
+    result = trainer.fit(time_limit_s=None if ctx.small else 60.0 * ctx.minutes.get(stage, d.minutes))
+    if trainer.ema is not None:
+        trainer.ema.copy_to(model)
+    model.eval()
+    info = {"steps": result.step, "batch_size": cfg.batch_size, "lr": cfg.lr, "wall_s": round(time.time() - t0, 1),
+            "final_loss": result.history[-1]["loss"] if result.history else None,
+            "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
+    print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
+    return info
+
+
+def warm_start(ctx, component: str, net: nn.Module, *, strict: bool = True) -> list[str]:
+    """Load a previously exported component into ``net`` (no-op when absent); returns the missing keys."""
+    if not ctx.has(component):
+        return []
+    state = {k: v.float() for k, v in load_weights(ctx.component(component)).items()}
+    result = net.load_state_dict(state, strict=strict)
+    print(f"warm start {type(net).__name__} from {ctx.component(component)}", flush=True)
+    return list(result.missing_keys) if not strict else []
+
+
+def text_encoder(ctx):
+    """The frozen MiniLM on the job's device (built once per job)."""
+    if "minilm" not in ctx.cache:
+        from ...nn.text_encoder import MiniLMTextEncoder
+
+        ctx.cache["minilm"] = MiniLMTextEncoder(max_length=24).to(ctx.device)
+    return ctx.cache["minilm"]
+
+
+def load_evalenc(ctx, required: bool = False) -> nn.Module | None:
+    """The evaluation encoder trained by the job's ``evalenc`` stage (None when absent, unless required)."""
+    if not ctx.has("evalenc"):
+        if required:
+            raise FileNotFoundError("this stage needs the evaluation encoder (component 'evalenc'); run the job's "
+                                    "evalenc stage first or pass --init with it")
+        return None
+    from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
+
+    folder = ctx.component("evalenc")
+    enc = ImageEncoder(ImageEncoderConfig.from_dict(read_config(folder)["network"]))
+    enc.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+    return enc.to(ctx.device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def evalenc_embeddings(encoder: nn.Module, images_u8: Tensor, batch: int = 512) -> Tensor:
+    """Normalised evalenc embeddings [N, 384] (float32, on the encoder's device) of uint8 pictures."""
+    dev = next(encoder.parameters()).device
+    out = [encoder(images_u8[i:i + batch].to(dev).float() / 255).float() for i in range(0, len(images_u8), batch)]
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+
+def _to_model_range(images_u8: Tensor, flippable: Tensor | None, g: torch.Generator) -> Tensor:
+    x = images_u8.float() / 127.5 - 1
+    if flippable is not None:
+        flip = (torch.rand(x.shape[0], generator=g, device=g.device).to(x.device) < 0.5) & flippable.to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
+    from .latent import _pick_context as pick  # the lead's caption-variant pick with CFG dropout
+
+    return pick(ctx_bank, empty, p_uncond, g)
+
+
+def _card(ctx, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:
+    from .job import _card as job_card
+
+    card = job_card(ctx, stage, info, params, metrics, title, summary)
+    card["recipe"] = (f"condiff.train.recipes.{'cascade' if stage.startswith('cascade') else 'unclip'} stage "
+                      f"`{stage}` (batch {info['batch_size']}, AdamW lr {info['lr']}, cosine, EMA 0.999, bf16)")
+    return card
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+class BaseObjective:
+    """v-loss on 64×64 pictures; batch dict: images uint8 [B, 3, 128, 128], ctx [B, K, L, D], flippable [B]."""
+
+    def __init__(self, denoiser, schedule: DiscreteSchedule, empty_context: Tensor, factor: int = 2,
+                 p_uncond: float = 0.1):
+        self.loss, self.denoiser, self.empty = VPredictionLoss(schedule), denoiser, empty_context
+        self.factor, self.p_uncond = factor, p_uncond
+
+    def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
+        x0 = downsample(_to_model_range(batch["images"], batch["flippable"], g), self.factor)
+        ctx = _pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        return self.loss(self.denoiser, x0, Cond(context=ctx), g)
+
+
+class SRObjective:
+    """SR3 v-loss with noise-conditioning augmentation (eq. 3.10 + Ho et al. 2021); same batch dict.
+
+    Per sample: hi = picture, lo = area-downsample(hi), y = bicubic-upsample(lo), s ~ U(0, 1),
+    ỹ = √γ(s) y + √(1−γ(s)) ε′ as ``cond.concat`` and s·1000 as ``cond.class_labels``.
+    """
+
+    def __init__(self, denoiser, schedule: DiscreteSchedule, empty_context: Tensor, factor: int = 2,
+                 p_uncond: float = 0.1):
+        self.loss, self.denoiser, self.empty = VPredictionLoss(schedule), denoiser, empty_context
+        self.factor, self.p_uncond = factor, p_uncond
+
+    def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
+        hi = _to_model_range(batch["images"], batch["flippable"], g)
+        up = upsample_low_res(downsample(hi, self.factor), tuple(hi.shape[-2:]))
+        level = torch.rand(hi.shape[0], generator=g, device=g.device).to(hi.device)
+        eps = torch.randn(up.shape, generator=g, device=g.device).to(hi.device)
+        aug = noise_augment(up, level, eps)
+        ctx = _pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        cond = Cond(context=ctx, concat=aug, class_labels=level * AUG_LABEL_SCALE)
+        return self.loss(self.denoiser, hi, cond, g)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def _data(ctx, text: dict) -> dict:
+    tr = ~ctx.world.is_eval
+    return {"images": ctx.world.images[tr].to(ctx.device), "ctx": text["ctx"][tr.to(text["ctx"].device)],
+            "flippable": ctx.world.flippable[tr].to(ctx.device)}
+
+
+def _extra(**kw) -> dict:
+    return {"schedule": SCHEDULE, "prediction": "v", "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 24, **kw}
+
+
+def _eval_prompts(ctx, n: int) -> tuple[list[str], Tensor]:
+    ev = ctx.world.eval
+    n = min(n, len(ev))
+    return [c[0] for c in ev.captions[:n]], ev.images[:n]
+
+
+@torch.no_grad()
+def _base_metrics(ctx, unet: UNet, schedule: DiscreteSchedule) -> dict:
+    enc = load_evalenc(ctx)
+    if enc is None:
+        return {"note": "no evalenc component: sample quality not measured"}
+    from ...pipelines.cascade import sample_base
+    from ...pipelines.common import noise_for
+
+    model = CascadeModel(unet, None, text_encoder(ctx), base_schedule=schedule)
+    prompts, real = _eval_prompts(ctx, 4 if ctx.small else 64)
+    low = sample_base(model, prompts, "", 4.0, 2 if ctx.small else 25, "dpmpp_2m", None, noise_for(0, len(prompts)),
+                       False, (64, 64))
+    text = text_encoder(ctx).pooled(prompts).float()
+    fake = evalenc_embeddings(enc, (upsample_low_res(low, 128).add(1).mul(127.5)).round().clamp(0, 255).to(torch.uint8))
+    true = evalenc_embeddings(enc, real)
+    return {"evalenc score of samples (100·cos, 25 steps, CFG 4)": round(100 * float((fake * text).sum(1).mean()), 2),
+            "evalenc score of the real held-out pictures": round(100 * float((true * text).sum(1).mean()), 2),
+            "held-out prompts": len(prompts)}
+
+
+def stage_cascade_base(ctx) -> None:
+    from .job import text_banks
+
+    cfg = cascade_base_config()
+    unet = UNet(cfg)
+    warm_start(ctx, "cascade-base", unet)
+    schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
+    den = pixel_denoiser(unet, schedule, "v")
+    text = text_banks(ctx)
+    info = fit_stage(ctx, "cascade-base", den, BaseObjective(den, schedule, text["empty"]), _data(ctx, text))
+    metrics = _base_metrics(ctx, unet, schedule)
+    ctx.log["cascade-base"] = {**info, **metrics}
+    export_component(unet, ctx.weights / "cascade-base", kind="unet", network_config=cfg.to_dict(),
+                     extra=_extra(image_size=64, default_guidance=4.0, default_steps=25),
+                     card=_card(ctx, "cascade-base", info, count_parameters(unet), metrics,
+                                "Built-in cascade, stage 1: 64×64 pixel text-to-image U-Net",
+                                "v-prediction, cosine schedule, MiniLM cross-attention, 10 % caption dropout, EMA "
+                                "(thesis 3.2.2; the DeepFloyd IF stage-1 stand-in)."))
+
+
+@torch.no_grad()
+def _sr_metrics(ctx, unet: UNet, schedule: DiscreteSchedule) -> dict:
+    from ...metrics.image import psnr
+    from ...pipelines.cascade import super_resolve
+    from ...pipelines.common import noise_for
+
+    model = CascadeModel(None, unet, text_encoder(ctx), sr_schedule=schedule)
+    prompts, real = _eval_prompts(ctx, 4 if ctx.small else 64)
+    hi = real.to(ctx.device).float() / 127.5 - 1
+    lo = downsample(hi, 2)
+    out = {}
+    for level in (0.0, 0.1):
+        sr = super_resolve(model, lo, prompts, noise_level=level, steps=2 if ctx.small else 20,
+                           noise=noise_for(0, len(prompts)), show_progress=False).clamp(-1, 1)
+        u = lambda x: (x.float().cpu() + 1) / 2  # noqa: E731
+        out[f"PSNR vs original @ level {level} (dB)"] = round(float(psnr(u(sr), u(hi)).mean()), 2)
+        out[f"consistency PSNR(↓SR(x), x) @ level {level} (dB)"] = round(float(psnr(u(downsample(sr, 2)), u(lo)).mean()), 2)
+    bicubic = upsample_low_res(lo, 128)
+    out["bicubic baseline PSNR vs original (dB)"] = round(float(psnr((bicubic.cpu() + 1) / 2, (hi.cpu() + 1) / 2).mean()), 2)
+    out["held-out pictures"] = len(prompts)
+    return out
+
+
+def stage_cascade_sr(ctx) -> None:
+    from .job import text_banks
+
+    cfg = cascade_sr_config()
+    unet = UNet(cfg)
+    warm_start(ctx, "cascade-sr", unet)
+    schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
+    den = pixel_denoiser(unet, schedule, "v")
+    text = text_banks(ctx)
+    info = fit_stage(ctx, "cascade-sr", den, SRObjective(den, schedule, text["empty"]), _data(ctx, text))
+    metrics = _sr_metrics(ctx, unet, schedule)
+    ctx.log["cascade-sr"] = {**info, **metrics}
+    export_component(unet, ctx.weights / "cascade-sr", kind="unet", network_config=cfg.to_dict(),
+                     extra=_extra(image_size=128, low_res_size=64, sr_factor=2, default_noise_level=0.1,
+                                  augmentation="gamma(s)=cos^2(pi s/2), label s*1000, s~U(0,1) in training"),
+                     card=_card(ctx, "cascade-sr", info, count_parameters(unet), metrics,
+                                "Built-in cascade, stage 2: SR3 64→128 super-resolution U-Net",
+                                "Noisy 128² image ⊕ bicubic-upsampled 64² image (6 channels), noise-conditioning "
+                                "augmentation level as a float class label, MiniLM cross-attention at 16² "
+                                "(thesis eq. 3.10, Ho et al. 2021)."))

@@ -1,0 +1,71 @@
+"""Export trained networks as shipped built-in components (weights + config + model card)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...models.weights import save_weights
+
+__all__ = ["export_component", "write_model_card", "strip_prefix"]
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+
+
+def export_component(
+    net: nn.Module | dict[str, torch.Tensor],
+    folder: str | Path,
+    *,
+    kind: str,
+    network_config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write fp16 shards + config.json (+ MODEL_CARD.md when ``card`` is given)."""
+    state = net if isinstance(net, dict) else net.state_dict()
+    config = {"kind": kind, "network": network_config, **(extra or {})}
+    files = save_weights(state, folder, config)
+    if card is not None:
+        write_model_card(folder, kind, config, files, card)
+    return files
+
+
+def write_model_card(folder: str | Path, kind: str, config: dict, files: dict[str, str], card: dict[str, Any]) -> Path:
+    """MODEL_CARD.md: recipe, data, steps, wall time, device, metrics, file checksums."""
+    folder = Path(folder)
+    params = card.get("parameters")
+    lines = [
+        f"# {card.get('title', folder.name)}",
+        "",
+        card.get("summary", ""),
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| component | `{folder.name}` ({kind}) |",
+    ]
+    if params is not None:
+        lines.append(f"| parameters | {params:,} |")
+    for key in ("recipe", "command", "data", "steps", "batch_size", "wall_time", "device", "trained"):
+        if key in card:
+            lines.append(f"| {key.replace('_', ' ')} | {card[key]} |")
+    lines += ["", "## Metrics", ""]
+    metrics = card.get("metrics", {})
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+    else:
+        lines.append("(none recorded)")
+    lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
+    lines += [f"| `{name}` | `{digest}` |" for name, digest in files.items()]
+    lines += ["", "## Config", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]
+    lines.append(f"_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._")
+    path = folder / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+import torch
+
+from condiff.nn.text_encoder import COMPACT_ENV, MiniLMTextEncoder, export_compact
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return MiniLMTextEncoder(max_length=16)
+
+
+def test_shapes_mask_and_empty_prompt(encoder):
+    ctx, mask = encoder(["a cat face, flat style", ""])
+    assert ctx.shape == (2, 16, 384)
+    assert mask[1].sum() == 2  # [CLS] [SEP] only: the unconditional embedding
+    assert mask[0].sum() > mask[1].sum()
+    assert not ctx.requires_grad
+
+
+def test_semantics_pooled(encoder):
+    p = encoder.pooled(["a cat face", "a kitten face", "a red sports car"])
+    sim = p @ p.T
+    assert sim[0, 1] > sim[0, 2] + 0.3
+
+
+def test_add_tokens_initialised_from_word(encoder):
+    enc = MiniLMTextEncoder(max_length=16)
+    (new_id,) = enc.add_tokens(["<zq-sks>"], initializer="dog")
+    ids, _ = enc.tokenize(["a <zq-sks> face"])
+    assert new_id in ids[0].tolist()
+    emb = enc.bert.embeddings.word_embeddings.weight
+    dog = enc.tokenizer("dog", add_special_tokens=False)["input_ids"]
+    assert torch.allclose(emb[new_id], emb[dog].mean(0))
+    with pytest.raises(ValueError, match="already in the vocabulary"):
+        enc.add_tokens(["dog"])
+
+
+def test_compact_export_matches_full(tmp_path, encoder, monkeypatch):
+    caps = ["a cat face, flat style", "a dog"]
+    out = export_compact(tmp_path, caps, max_length=16)
+    monkeypatch.setenv(COMPACT_ENV, str(out))
+    small = MiniLMTextEncoder(max_length=16)
+    a, _ = encoder(caps)
+    b, _ = small(caps)
+    assert (a - b).abs().max() < 0.1  # fp16 weights
+    assert torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min() > 0.999
+    assert (out / "minilm_compact.safetensors").stat().st_size < 30e6
+
+
+def test_compact_copy_refuses_unknown_tokens(tmp_path, monkeypatch):
+    out = export_compact(tmp_path, ["a cat face"], max_length=16)
+    monkeypatch.setenv(COMPACT_ENV, str(out))
+    small = MiniLMTextEncoder(max_length=16)
+    small(["a cat"])  # every token known
+    with pytest.raises(ValueError, match="no embedding for tokens"):
+        small(["a zebra"])
