@@ -18,4 +18,4 @@ demo: $(STAMP)
 	$(VENV)/bin/condiff demo --out demo-out
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=600 tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=600 -n 2 tests

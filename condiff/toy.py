@@ -130,7 +130,10 @@ def toy_dataset(n: int, seed: int = 0, mixture: GaussianMixture | None = None) -
 def sample_toy(denoiser, n: int, steps: int = 32, seed: int = 0, sampler: str = "heun") -> Tensor:
     """``n`` samples of a 2-D denoiser through the sampler registry (Karras σ spacing over the
     denoiser's [σ_min, σ_max]; sample i uses seed + i)."""
-    return sample(denoiser, (n, 2), sampler=sampler, steps=steps, schedule="karras", seed=seed).float().cpu()
+    param = next(iter(denoiser.parameters()), None) if isinstance(denoiser, torch.nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    return sample(denoiser, (n, 2), sampler=sampler, steps=steps, schedule="karras", seed=seed,
+                  device=device).float().cpu()
 
 
 def _save_scatter(path: Path, samples: Tensor, data: Tensor, title: str) -> None:

@@ -195,3 +195,29 @@ def test_upsample_low_res_shapes():
     assert up.shape == (2, 3, 16, 24) and up.abs().max() <= 1
     with pytest.raises(ValueError, match="divisible"):
         downsample(torch.zeros(1, 3, 5, 5), 2)
+
+
+def test_upscale_command(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    import condiff.models.cascade as cascade_models
+    from condiff.commands import upscale as upscale_cmd
+    from condiff.images import read_png_parameters, save_png
+
+    model = tiny_cascade(base_size=16, with_base=False)
+    monkeypatch.setattr(cascade_models, "load_cascade", lambda **kw: model)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    upscale_cmd.register(app)
+    src = save_png(smooth_images(1, 32)[..., :30], tmp_path / "in.png")  # W×H 30×32: cropped to 28×32
+    run = CliRunner().invoke(app, ["upscale", str(src), "--noise-level", "0.3", "--steps", "2", "--no-progress"])
+    assert run.exit_code == 0, run.output
+    out = tmp_path / "in-x2.png"
+    from PIL import Image
+
+    assert Image.open(out).size == (56, 64)
+    params = read_png_parameters(out)
+    assert params["noise_level"] == 0.3 and params["pipeline"] == "cascade-upscale" and params["input"] == str(src)
+    again = CliRunner().invoke(app, ["upscale", str(src), "--no-progress"])
+    assert again.exit_code != 0 and "exists" in str(again.exception)

@@ -9,16 +9,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from condiff.denoisers import Cond
 from condiff.images import read_png_parameters
 from condiff.models.ldm import LatentDiffusion
-from condiff.models.weights import save_weights
+from condiff.models.weights import quantize_int8, save_weights
 from condiff.nn.autoencoder import AutoencoderConfig, AutoencoderKL
 from condiff.nn.controlnet import ControlNet, sum_controls
 from condiff.nn.unet import UNet, UNetConfig
 from condiff.pipelines.control import (
-    QUANT_SCHEME, ControlSchedule, ControlUnit, control, dequantize_int8, load_controlnet_folder, prepare_condition,
-    quantize_int8, schedule_progress,
+    ControlSchedule, ControlUnit, control, load_controlnet_folder, prepare_condition, schedule_progress,
 )
 from condiff.pipelines.text2img import generate
 from condiff.preprocess import canny
@@ -144,29 +142,26 @@ def test_two_controlnets_sum_their_residuals_and_mixed_sigma_rows_use_their_own_
     torch.testing.assert_close(mixed, torch.cat([r0, r1]), rtol=1e-4, atol=1e-5)
 
 
-def test_int8_weights_round_trip_and_load(tmp_path):
+def save_int8(net, folder):
+    return save_weights(quantize_int8(net.state_dict()), folder,
+                        {"kind": "controlnet", "network": net.controlnet_config.to_dict()}, dtype=None)
+
+
+def test_int8_controlnet_folder_loads_close_to_the_float_network(tmp_path):
     model = tiny_model()
     net = controlnet(model)
-    state = net.state_dict()
-    q = quantize_int8(state)
-    big = [k for k, v in state.items() if v.ndim >= 2 and v.numel() >= 1024]
-    assert big and all(q[k].dtype == torch.int8 and q[k + ":qscale"].shape == (state[k].shape[0],) for k in big)
-    deq = dequantize_int8(q)
-    for k in big:  # error ≤ half a quantisation step of its output channel
-        step = state[k].reshape(state[k].shape[0], -1).abs().amax(1) / 127
-        err = (deq[k] - state[k]).reshape(state[k].shape[0], -1).abs().amax(1)
-        assert torch.all(err <= 0.5 * step + 1e-7)
-    nbytes = sum(v.numel() * v.element_size() for v in q.values())
-    assert nbytes < 0.3 * sum(v.numel() * 4 for v in state.values())
-    save_weights(q, tmp_path / "cn", {"kind": "controlnet", "network": net.controlnet_config.to_dict(),
-                                      "quantization": {"scheme": QUANT_SCHEME}}, dtype=None)
-    loaded, _ = load_controlnet_folder(tmp_path / "cn")
+    files = save_int8(net, tmp_path / "cn")
+    stored = sum((tmp_path / "cn" / f).stat().st_size for f in files)
+    assert stored < 0.3 * sum(v.numel() * 4 for v in net.state_dict().values())
+    loaded, config = load_controlnet_folder(tmp_path / "cn")
+    assert config["kind"] == "controlnet" and all(p.dtype == torch.float32 for p in loaded.parameters())
     x, c = torch.randn(1, 4, 8, 8), model.encode_prompts(["a cat"])
     a, b = net(x, 500.0, c, cond_image()), loaded(x, 500.0, c, cond_image())
     rel = (a["mid"] - b["mid"]).norm() / a["mid"].norm()
     assert 0 < rel < 0.02
-    with pytest.raises(ValueError, match="reserved suffix"):
-        quantize_int8({"w:qscale": torch.zeros(4, 4)})
+    (tmp_path / "cn" / "config.json").write_text(json.dumps({**config, "kind": "unet"}))
+    with pytest.raises(ValueError, match="not a ControlNet"):
+        load_controlnet_folder(tmp_path / "cn")
 
 
 def test_prepare_condition_runs_the_preprocessor_after_fitting(tmp_path):
@@ -199,10 +194,7 @@ def cli(tmp_path, monkeypatch):
     model = tiny_model()
     monkeypatch.setattr(cmd, "load_model", lambda name, device: model)
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
-    net = controlnet(model)
-    save_weights(quantize_int8(net.state_dict()), tmp_path / "weights" / "controlnet-canny",
-                 {"kind": "controlnet", "network": net.controlnet_config.to_dict(),
-                  "quantization": {"scheme": QUANT_SCHEME}}, dtype=None)
+    save_int8(controlnet(model), tmp_path / "weights" / "controlnet-canny")
     app = typer.Typer()
     cmd.register(app)
     app.command("noop")(lambda: None)  # keep `control` a named sub-command

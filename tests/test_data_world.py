@@ -173,11 +173,13 @@ def test_flip_swaps_figure_sides_and_crop_moves_keypoints(worlds):
 
 
 def test_cli_build_card_and_contact_sheet(worlds, tmp_path):
+    import typer
     from typer.testing import CliRunner
 
-    from condiff.cli import _register_commands, app
+    from condiff.commands.data import register
 
-    _register_commands()
+    app = typer.Typer()
+    register(app)
     runner = CliRunner()
     res = runner.invoke(app, ["data", "build", "--small", "--out", str(tmp_path / "w"), "--limit", "4", "--workers", "1"])
     assert res.exit_code == 0, res.output

@@ -254,7 +254,11 @@ def test_variant_detection(world, tmp_path):
     assert (ri.variant, ri.prediction) == ("sd1-inpaint", "eps")
     with no_network():
         model = load_sd(inp)
+        base = load_sd(s["single"], inpaint=inp)
     assert model.inpaint_unet is model.unet and model.unet.config.in_channels == 9
+    assert base.unet.config.in_channels == 4 and base.inpaint_unet.config.in_channels == 9
+    with pytest.raises(ValueError, match="not an inpainting checkpoint"):
+        load_sd(s["single"], inpaint=s["single"])
     # prediction from safetensors metadata and from an LDM yaml beside the file
     meta = save_single(tmp_path / "sd1-meta.safetensors", s["unet"], s["vae"], s["text"], "sd1",
                        metadata={"modelspec.prediction_type": "v"})
@@ -321,7 +325,7 @@ def test_single_file_uses_the_shipped_clip_vocabulary(world):
 
 
 # ============================================================ formats and errors
-def test_ckpt_and_sharded_folder_load_the_same_weights(world, tmp_path):
+def test_ckpt_sharded_folder_and_ema_load_the_right_weights(world, tmp_path):
     import shutil
 
     s = world["sd1"]
@@ -331,14 +335,23 @@ def test_ckpt_and_sharded_folder_load_the_same_weights(world, tmp_path):
     shutil.rmtree(sharded / "unet")
     s["unet"].save_pretrained(sharded / "unet", max_shard_size="2MB")
     assert (sharded / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    # a training checkpoint with a flattened EMA copy (model_ema.diffusion_modelinput_blocks00weight …)
+    ema_unet = tiny_unet("sd1", seed=9)
+    with_ema = ldm_state(s["unet"], s["vae"], s["text"], "sd1")
+    for k, v in km.unet_diffusers_to_ldm(ema_unet.state_dict()).items():
+        with_ema["model_ema.diffusion_model" + k.replace(".", "")] = v.contiguous()
+    save_file(with_ema, str(tmp_path / "with-ema.safetensors"))
+    assert any("EMA" in n for n in inspect_model(tmp_path / "with-ema.safetensors").notes)
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ctx = torch.randn(1, 77, HIDDEN, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        ref = s["unet"](x, 300, encoder_hidden_states=ctx).sample
-        for path in (ckpt, sharded):
+        for path, ref_net, kw in ((ckpt, s["unet"], {}), (sharded, s["unet"], {}),
+                                  (tmp_path / "with-ema.safetensors", s["unet"], {}),
+                                  (tmp_path / "with-ema.safetensors", ema_unet, {"ema": True})):
             with no_network():
-                model = load_sd(path, text_encoder=False)
-            assert (model.unet(x, torch.tensor([300.0]), Cond(context=ctx)) - ref).abs().max() < 1e-5
+                model = load_sd(path, text_encoder=False, **kw)
+            ref = ref_net(x, 300, encoder_hidden_states=ctx).sample
+            assert (model.unet(x, torch.tensor([300.0]), Cond(context=ctx)) - ref).abs().max() < 1e-5, (path, kw)
 
 
 class Evil:

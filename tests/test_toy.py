@@ -25,6 +25,15 @@ SW_BOUND = 0.2
 FAST = dict(steps=400, hidden=64, lr=3e-3, sample_steps=24, log_every=100, checkpoint_every=0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A 64-wide MLP gains nothing from intra-op threads, and loses a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_moment_matched_gaussian_does_not_pass_the_bound():
     mix = two_moons_mixture()
     gauss = GaussianMixture(torch.ones(1), mix.mean()[None], mix.covariance()[None])
@@ -38,6 +47,14 @@ def test_trained_toy_model_beats_the_sliced_w_bound(loss):
     assert result.steps == 400
     assert result.sliced_w < SW_BOUND, result
     assert result.sliced_w_data_floor < 0.1 and result.sliced_w_exact_denoiser < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("loss", ["eps", "edm"])
+def test_toy_trains_on_cuda_with_bf16(loss):
+    result = run_toy(ToyConfig(loss=loss, **FAST), progress=False, device="cuda")
+    assert result.sliced_w < SW_BOUND, result
 
 
 def test_toy_mlp_contract_and_class_labels():
@@ -60,8 +77,11 @@ def test_cli_train_toy_writes_outputs_and_resumes(tmp_path):
     _register_commands()
     runner = CliRunner()
     out = tmp_path / "toy"
-    args = ["train", "toy", "--loss", "edm", "--steps", "60", "--out", str(out), "--device", "cpu", "--no-progress"]
-    res = runner.invoke(app, args)
+    def args(steps, *extra):
+        return ["train", "toy", "--loss", "edm", "--steps", str(steps), "--out", str(out), "--device", "cpu",
+                "--no-progress", *extra]
+
+    res = runner.invoke(app, args(60))
     assert res.exit_code == 0, res.output + repr(res.exception)
     assert "sliced_w:" in res.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -72,9 +92,9 @@ def test_cli_train_toy_writes_outputs_and_resumes(tmp_path):
     net.load_state_dict(weights)  # the shipped file rebuilds the network
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # same folder again: refused without --resume/--overwrite; --resume continues to the new step count
-    again = runner.invoke(app, args)
+    again = runner.invoke(app, args(60))
     assert again.exit_code != 0 and isinstance(again.exception, FileExistsError)
-    res = runner.invoke(app, args[:4] + ["90"] + args[5:] + ["--resume"])
+    res = runner.invoke(app, args(90, "--resume"))
     assert res.exit_code == 0, res.output + repr(res.exception)
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [50, 60, 90]

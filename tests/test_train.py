@@ -106,22 +106,23 @@ def test_seeded_batch_order_is_a_reproducible_epoch_permutation():
 # ------------------------------------------------------------------ exact resume
 
 
-def _toy_trainer(out: Path | None, seed_init: int, steps: int = 9, **over) -> Trainer:
+def _toy_trainer(out: Path | None, seed_init: int, steps: int = 9, device: str = "cpu", **over) -> Trainer:
     torch.manual_seed(seed_init)
     sched = DiscreteSchedule.named("linear", 100)
     den = eps_denoiser(ToyMLP(2, 32, 2, dropout=0.1), sched)  # dropout: the global RNG must be restored too
     data = two_moons_mixture().sample(150, torch.Generator().manual_seed(0)).float()
     cfg = TrainConfig(steps=steps, batch_size=32, grad_accum=2, lr=3e-3, lr_schedule="cosine", warmup_steps=2,
                       ema_decay=0.9, log_every=1, checkpoint_every=3, seed=11, progress=False, **over)
-    return Trainer(den, DiffusionObjective(DDPMEpsLoss(sched)), data, cfg, out_dir=out, device="cpu")
+    return Trainer(den, DiffusionObjective(DDPMEpsLoss(sched)), data, cfg, out_dir=out, device=device)
 
 
 class _Killed(RuntimeError):
     pass
 
 
-def test_killed_and_resumed_run_is_bit_identical(tmp_path):
-    full = _toy_trainer(tmp_path / "full", seed_init=1)
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, device="cpu"):
+    full = _toy_trainer(tmp_path / "full", seed_init=1, device=device)
+    assert full.autocast == (device == "cuda")  # bf16 autocast on CUDA, fp32 on CPU
     ref = full.fit()
     assert [r["step"] for r in ref.history] == list(range(1, 10))
 
@@ -130,13 +131,13 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
             raise _Killed
 
     run = tmp_path / "killed"
-    victim = _toy_trainer(run, seed_init=1)
+    victim = _toy_trainer(run, seed_init=1, device=device)
     victim.callbacks.append(kill_at_step_8)
     with pytest.raises(_Killed):
         victim.fit()
     assert load_checkpoint(run / "checkpoints").step == 6
     torch.manual_seed(999), np.random.seed(5), random.seed(5)  # scramble the global RNGs
-    resumed = _toy_trainer(run, seed_init=2)  # different initial weights: all must come from the checkpoint
+    resumed = _toy_trainer(run, seed_init=2, device=device)  # different initial weights: all must come from the checkpoint
     out = resumed.fit(resume=True)
     assert [r["step"] for r in out.history] == [7, 8, 9]
     assert [r["loss"] for r in out.history] == [r["loss"] for r in ref.history[6:]]
@@ -148,6 +149,12 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path):
     lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 10))  # the killed tail (steps 7, 8) was dropped
     assert [r["loss"] for r in lines] == [r["loss"] for r in ref.history]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_run_resumes_bit_exactly(tmp_path):
+    test_killed_and_resumed_run_is_bit_identical(tmp_path, device="cuda")
 
 
 def test_fresh_run_refuses_a_folder_with_a_run(tmp_path):

@@ -1,6 +1,7 @@
 """The built-in world: an offline, captioned, multi-style image data set with every control condition.
 
 * :mod:`.sources`   emoji icon sets (npm ``@iconify-json/*``), vendored small subset
+* :mod:`.clipart`   public-domain clip art (Debian ``openclipart-svg``)
 * :mod:`.pack`      compact checksummed source bundle for offline GPU machines
 * :mod:`.svg_doc`, :mod:`.svg_render`   SVG documents (picture, layers, exact line art) and renderers
 * :mod:`.figures`   procedural articulated figures with exact OpenPose keypoints

@@ -43,7 +43,7 @@ _ICON_TEMPLATES = (
 
 _FIGURE_TEMPLATES = (
     "a person {action}, {desc} style",
-    "a {desc} figure of a person {action}",
+    "{a_desc} figure of a person {action}",
     "a person in a {shirt} shirt and {trousers} trousers {action}",
     "a {hair}-haired person {action}, {desc} style",
     "a person {action} wearing a {shirt} top, {desc} drawing",
@@ -116,7 +116,8 @@ def figure_captions(facts: dict, style: str, rng: np.random.Generator, k: int = 
     def make(i: int) -> str:
         _, desc = style_phrase(style, rng)
         acts = _ACTIONS[facts["family"]]
-        return _FIGURE_TEMPLATES[i].format(action=acts[int(rng.integers(len(acts)))], desc=desc, shirt=facts["shirt"],
+        return _FIGURE_TEMPLATES[i].format(action=acts[int(rng.integers(len(acts)))], desc=desc, a_desc=with_article(desc),
+                                           shirt=facts["shirt"],
                                            trousers=facts["trousers"], hair=facts["hair"])
 
     return _distinct(make, rng, len(_FIGURE_TEMPLATES), k)

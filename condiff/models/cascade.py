@@ -293,7 +293,7 @@ def load_cascade(weights_dir: str | Path | None = None, *, device="cpu", dtype=t
         nets[stage], configs[stage] = load_unet_component(folder, device, dtype)
     first = configs.get("base") or configs["sr"]
     if text_encoder is None:
-        from .registry import _text_encoder
+        from .registry import builtin_text_encoder as _text_encoder
 
         text_encoder = _text_encoder(int(first.get("text_max_length", 24)))
     base_cfg, sr_cfg = configs.get("base", {}), configs.get("sr", {})

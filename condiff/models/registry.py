@@ -32,6 +32,7 @@ __all__ = [
     "load_model",
     "build_network",
     "model_summary",
+    "builtin_text_encoder",
 ]
 
 WEIGHTS_DIR = Path(os.environ.get("CONDIFF_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
@@ -103,7 +104,8 @@ def _schedule(config: dict) -> DiscreteSchedule:
 
 
 @lru_cache(maxsize=2)
-def _text_encoder(max_length: int):
+def builtin_text_encoder(max_length: int = 24):
+    """The shared frozen MiniLM text encoder of the built-in models (loaded once)."""
     from ..nn.text_encoder import MiniLMTextEncoder
 
     return MiniLMTextEncoder(max_length=max_length)
@@ -115,7 +117,7 @@ def _load_builtin(device, dtype) -> LatentDiffusion:
     inpaint = None
     if builtin_components().get("ldm-inpaint"):
         inpaint, _ = load_component("ldm-inpaint", device, dtype)
-    text = _text_encoder(int(ucfg.get("text_max_length", 24)))
+    text = builtin_text_encoder(int(ucfg.get("text_max_length", 24)))
     return LatentDiffusion(
         name="builtin",
         unet=unet,

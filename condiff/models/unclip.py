@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..denoisers import Cond, DiscreteTime, NetworkDenoiser
+from ..denoisers import Cond, NetworkDenoiser
 from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..schedules import DiscreteSchedule
@@ -55,6 +55,7 @@ __all__ = [
     "UnCLIPDecoder",
     "UnCLIPModel",
     "pool_tokens",
+    "load_evalenc",
     "load_unclip",
 ]
 
@@ -76,9 +77,9 @@ def pool_tokens(context: Tensor, mask: Tensor) -> Tensor:
 class PriorConfig:
     embed_dim: int = EMBED_DIM
     text_dim: int = 384
-    width: int = 384
+    width: int = 256
     depth: int = 4
-    heads: int = 6
+    heads: int = 4
     use_text_tokens: bool = True
     max_text_tokens: int = 24
     dropout: float = 0.0
@@ -228,7 +229,7 @@ class UnCLIPModel:
     """
 
     prior: nn.Module | None
-    decoder: nn.Module
+    decoder: nn.Module | None
     text_encoder: TextEncoder
     image_encoder: ImageEncoderFn | None = None
     prior_schedule: DiscreteSchedule = field(default_factory=lambda: DiscreteSchedule.named("cosine"))
@@ -242,7 +243,11 @@ class UnCLIPModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
+        for net in (self.decoder, self.prior):
+            p = next(net.parameters(), None) if net is not None else None
+            if p is not None:
+                return p.device
+        return torch.device("cpu")
 
     def prior_denoiser(self) -> NetworkDenoiser:
         if self.prior is None:
@@ -251,6 +256,8 @@ class UnCLIPModel:
         return pixel_denoiser(self.prior, self.prior_schedule, self.prior_prediction)
 
     def decoder_denoiser(self) -> NetworkDenoiser:
+        if self.decoder is None:
+            raise ValueError(f"this unCLIP model has no decoder (component {UNCLIP_COMPONENTS['decoder']!r} missing)")
         return pixel_denoiser(self.decoder, self.decoder_schedule, self.decoder_prediction)
 
     # ---------------------------------------------------------------- conditionings
@@ -285,7 +292,9 @@ class UnCLIPModel:
         return F.normalize(self.image_encoder(images.to(self.device)).float(), dim=-1)
 
     def parameter_counts(self) -> dict[str, int]:
-        out = {"decoder": count_parameters(self.decoder)}
+        out = {}
+        if self.decoder is not None:
+            out["decoder"] = count_parameters(self.decoder)
         if self.prior is not None:
             out["prior"] = count_parameters(self.prior)
         if self.upsampler is not None and self.upsampler.sr_unet is not None:
@@ -314,6 +323,20 @@ def _schedule(config: dict) -> DiscreteSchedule:
     return DiscreteSchedule.named(s["name"], int(s["steps"]))
 
 
+def load_evalenc(weights_dir: str | Path | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
+    """The evaluation encoder ``condiff-evalenc`` (component ``evalenc``) from ``weights_dir`` (default:
+    condiff's weights folder): unCLIP's CLIP image tower."""
+    from ..nn.image_encoder import ImageEncoder, ImageEncoderConfig
+    from .registry import WEIGHTS_DIR
+
+    folder = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / "evalenc"
+    if not (folder / "config.json").exists():
+        raise ValueError(f"no evaluation encoder weights in {folder} (component 'evalenc'); train them with the "
+                         "job's evalenc stage")
+    net, _ = _load_component(folder, lambda c: ImageEncoder(ImageEncoderConfig.from_dict(c)), device, dtype)
+    return net
+
+
 def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=torch.float32,
                 text_encoder: TextEncoder | None = None, with_upsampler: bool = True) -> UnCLIPModel:
     """The built-in unCLIP model: ``unclip-decoder`` (required), ``unclip-prior``, ``evalenc`` and the
@@ -329,14 +352,9 @@ def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=to
     if (root / UNCLIP_COMPONENTS["prior"] / "config.json").exists():
         prior, pcfg = _load_component(root / UNCLIP_COMPONENTS["prior"], lambda c: UnCLIPPrior(PriorConfig.from_dict(c)),
                                       device, dtype)
-    image_encoder = None
-    if (root / "evalenc" / "config.json").exists():
-        from ..nn.image_encoder import ImageEncoder, ImageEncoderConfig
-
-        image_encoder, _ = _load_component(root / "evalenc", lambda c: ImageEncoder(ImageEncoderConfig.from_dict(c)),
-                                           device, dtype)
+    image_encoder = load_evalenc(root, device=device, dtype=dtype) if (root / "evalenc" / "config.json").exists() else None
     if text_encoder is None:
-        from .registry import _text_encoder
+        from .registry import builtin_text_encoder as _text_encoder
 
         text_encoder = _text_encoder(int(dcfg.get("text_max_length", 24)))
     upsampler = None

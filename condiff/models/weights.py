@@ -19,9 +19,44 @@ from torch import Tensor
 
 from ..io import atomic_path
 
-__all__ = ["save_weights", "load_weights", "read_config", "sha256_file", "WeightsError"]
+__all__ = ["save_weights", "load_weights", "read_config", "sha256_file", "WeightsError", "quantize_int8",
+           "dequantize_int8"]
 
 MAX_SHARD_BYTES = 15 * 1024 * 1024
+SCALE_SUFFIX = ".__int8_scale__"
+
+
+def quantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Symmetric per-output-channel int8: w ≈ q · s with q ∈ [−127, 127], s = max|w_row| / 127.
+
+    Matrices and convolution kernels (ndim ≥ 2) are quantized, their fp16 scales stored under
+    ``key + SCALE_SUFFIX``; vectors (biases, norms) stay fp16. Relative error ≤ 1/254 per row.
+    """
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.ndim >= 2:
+            w = v.detach().float()
+            scale = w.flatten(1).abs().amax(1).clamp(min=1e-12) / 127
+            q = torch.round(w / scale.view(-1, *([1] * (w.ndim - 1)))).clamp(-127, 127).to(torch.int8)
+            out[k] = q
+            out[k + SCALE_SUFFIX] = scale.half()
+        else:
+            out[k] = v.detach().half() if v.is_floating_point() else v.detach()
+    return out
+
+
+def dequantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Inverse of :func:`quantize_int8` (fp32 out); a state without scales is returned as is."""
+    out: dict[str, Tensor] = {}
+    for k, v in state.items():
+        if k.endswith(SCALE_SUFFIX):
+            continue
+        scale = state.get(k + SCALE_SUFFIX)
+        if scale is not None:
+            out[k] = v.float() * scale.float().view(-1, *([1] * (v.ndim - 1)))
+        else:
+            out[k] = v
+    return out
 
 
 class WeightsError(ValueError):
@@ -64,10 +99,13 @@ def save_weights(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cast = {
-        k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
-        for k, v in state.items()
-    }
+    if dtype == torch.int8:
+        cast = {k: v.contiguous().cpu() for k, v in quantize_int8(state).items()}
+    else:
+        cast = {
+            k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach()).contiguous().cpu()
+            for k, v in state.items()
+        }
     shards = _shard(cast, max_shard_bytes)
     files: dict[str, str] = {}
     for i, shard in enumerate(shards):
@@ -114,4 +152,4 @@ def load_weights(folder: str | Path, *, verify: bool = True, device: str | torch
             state.update(load_file(str(path), device=str(device)))
         except Exception as err:  # safetensors raises its own error types
             raise WeightsError(f"cannot read {path} as safetensors: {err}") from err
-    return state
+    return dequantize_int8(state)

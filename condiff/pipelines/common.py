@@ -126,9 +126,12 @@ def run_sampler(
         close()
 
 
-def schedule_for(denoiser: Denoiser, sampler: str, steps: int | None, schedule: str | None) -> Tensor:
+def schedule_for(denoiser: Denoiser, sampler: str, steps: int | None, schedule: str | None,
+                 model_default: int | None = None) -> Tensor:
+    """σ schedule: ``steps`` or the model's default step count or the sampler's."""
     info = sampler_info(sampler)
-    steps = info.default_steps if steps is None else steps
+    if steps is None:
+        steps = model_default if model_default is not None and not info.stochastic else info.default_steps
     return make_sigmas(denoiser, steps, schedule or info.default_schedule)
 
 

@@ -17,10 +17,10 @@ without a discrete table uses the log-σ fraction log(σ_max/σ)/log(σ_max/σ_m
 unit is active the plain U-Net denoiser is called, so scale 0 (or an empty interval) reproduces
 text-to-image generation bit for bit.
 
-Built-in ControlNets ship as int8 weights with one float32 scale per output channel
-(:func:`quantize_int8`): 5.1 M parameters → ≈ 5.2 MB instead of 10.2 MB in fp16, which keeps six
-of them inside the weights budget (DESIGN.md §7). :func:`load_controlnet_folder` reads both that
-format and plain fp16/fp32 component folders.
+Built-in ControlNets ship as int8 weights with one scale per output channel
+(:func:`condiff.models.weights.quantize_int8`): 5.1 M parameters → ≈ 5.2 MB instead of 10.2 MB in
+fp16, which keeps six of them inside the weights budget (DESIGN.md §7).
+:func:`load_controlnet_folder` reads int8 and plain fp16/fp32 component folders.
 """
 
 from __future__ import annotations
@@ -53,15 +53,8 @@ __all__ = [
     "load_builtin_controlnet",
     "load_controlnet_folder",
     "controlnet_component",
-    "quantize_int8",
-    "dequantize_int8",
-    "QUANT_SCHEME",
     "check_control_types",
 ]
-
-QUANT_SCHEME = "int8-per-output-channel"
-_SCALE_SUFFIX = ":qscale"
-_QUANT_MIN_NUMEL = 1024  # smaller tensors (biases, norms, tiny kernels) stay fp16
 
 
 # ============================================================================ schedule gating
@@ -162,59 +155,16 @@ class ControlSchedule(DenoiserWrapper):
 # ============================================================================ weights
 
 
-def quantize_int8(state: Mapping[str, Tensor], min_numel: int = _QUANT_MIN_NUMEL) -> dict[str, Tensor]:
-    """Symmetric int8 quantization with one scale per output channel (dim 0) of every floating
-    tensor with ≥ 2 dims and ≥ ``min_numel`` elements: q = round(w / s), s = max|w_c| / 127,
-    stored as ``key`` (int8) + ``key:qscale`` (float32 [C_out]). Other tensors become fp16."""
-    out: dict[str, Tensor] = {}
-    for key, w in state.items():
-        if key.endswith(_SCALE_SUFFIX):
-            raise ValueError(f"state dict key {key!r} ends in the reserved suffix {_SCALE_SUFFIX!r}")
-        w = w.detach().cpu()
-        if not w.is_floating_point():
-            out[key] = w.clone()
-        elif w.ndim >= 2 and w.numel() >= min_numel:
-            flat = w.float().reshape(w.shape[0], -1)
-            scale = flat.abs().amax(1) / 127.0
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            out[key] = (flat / scale[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(w.shape)
-            out[key + _SCALE_SUFFIX] = scale
-        else:
-            out[key] = w.half()
-    return out
-
-
-def dequantize_int8(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of :func:`quantize_int8`: float32 tensors w = q · s (per output channel)."""
-    out: dict[str, Tensor] = {}
-    for key, v in state.items():
-        if key.endswith(_SCALE_SUFFIX):
-            continue
-        scale = state.get(key + _SCALE_SUFFIX)
-        if scale is not None:
-            if v.dtype != torch.int8 or scale.shape != (v.shape[0],):
-                raise ValueError(f"quantized tensor {key!r} does not fit its scale ({v.dtype}, {tuple(scale.shape)})")
-            out[key] = v.float() * scale.float().view(-1, *([1] * (v.ndim - 1)))
-        else:
-            out[key] = v.float() if v.is_floating_point() else v
-    return out
-
-
 def load_controlnet_folder(folder: str | Path, device: str | torch.device = "cpu",
                            dtype: torch.dtype = torch.float32) -> tuple[ControlNet, dict]:
     """A ControlNet component folder (config.json + checksummed shards, int8 or float) -> (net, config)."""
-    from ..models.weights import WeightsError, load_weights, read_config
+    from ..models.weights import WeightsError, dequantize_int8, load_weights, read_config
 
     folder = Path(folder)
     config = read_config(folder)
     if config.get("kind") != "controlnet":
         raise WeightsError(f"{folder} holds a {config.get('kind')!r} component, not a ControlNet")
-    state = load_weights(folder)
-    quant = config.get("quantization")
-    if quant is not None:
-        if quant.get("scheme") != QUANT_SCHEME:
-            raise WeightsError(f"{folder}: unknown quantization scheme {quant.get('scheme')!r} (condiff reads {QUANT_SCHEME})")
-        state = dequantize_int8(state)
+    state = dequantize_int8(load_weights(folder))
     net = ControlNet(ControlNetConfig.from_dict(config["network"]))
     try:
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

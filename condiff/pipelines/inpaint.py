@@ -54,13 +54,14 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
             raise ValueError(
                 f"model {model.name!r} has no dedicated inpainting U-Net; use method 'blend' or 'repaint'"
             )
-        z_masked = model.encode(from_unit(image * (1 - (mask > 0).float()), model.device))
+        keep = 1 - (mask > 0).float().to(model.device)
+        z_masked = model.encode(from_unit(image, model.device) * keep)  # masked pixels = 0 (grey) in [-1, 1], as SD
         extra = {"concat": torch.cat([(m_lat > 0).float(), z_masked], 1)}
         base = model.denoiser(model.inpaint_unet)
     else:
         base = model.denoiser()
     denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule)
+    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
     x = noise.randn(z_known.shape[1:], device=model.device) * float(sigmas[0])
     if method == "blend":
         wrapped = BlendInpaint(denoiser, m_lat, z_known, renoise=noise)

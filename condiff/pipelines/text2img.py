@@ -55,7 +55,7 @@ def generate(
     width = width or model.image_size
     shape = model.latent_shape(height, width)
     denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra_cond)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule)
+    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
     noise = noise_for(seed, batch)
     x = noise.randn(shape, device=model.device, dtype=torch.float32) * float(sigmas[0])
     latents = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress,
@@ -93,7 +93,7 @@ def sdedit(
     prompts = as_prompt_list(prompt, batch)
     guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
     denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra_cond)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule)
+    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
     noise = noise_for(seed, batch)
     params = base_params(
         model, pipeline="sdedit", prompt=prompts[0] if len(set(prompts)) == 1 else prompts, negative=negative,

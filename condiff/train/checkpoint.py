@@ -48,7 +48,7 @@ class Checkpoint:
     model: dict[str, Tensor]
     ema: dict[str, Tensor] | None
     state: dict
-    path: Path  # the latest.json-style record's folder + stem
+    path: Path  # the step_XXXXXXXX-state.pt file it was read from
 
 
 def _stem(step: int) -> str:

@@ -26,14 +26,14 @@ __all__ = ["make_bundle"]
 FREQUENT_WORDPIECES = range(1996, 12000)  # BERT uncased vocab: ids ≥ 1996 are word pieces by frequency
 
 
-def make_bundle(pack: str | Path, out: str | Path, seed: int = 0, size: int = 128) -> Path:
+def make_bundle(pack: str | Path, out: str | Path, seed: int = 0, size: int = 128, frequent: bool = False) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     version, sets = read_pack(pack)
     specs = record_specs(sets, seed=seed, size=size, n_figures=VERSIONS[version]["figures"], version=version)
     captions = {c for s in specs for c in s["captions"]}
     captions |= {f"a {humanize(s['concept'])}" for s in specs}
-    export_compact(out / "minilm", sorted(captions), extra_ids=FREQUENT_WORDPIECES)
+    export_compact(out / "minilm", sorted(captions), extra_ids=FREQUENT_WORDPIECES if frequent else ())
     shutil.copy2(pack, out / Path(pack).name)
     print(f"{len(specs)} records, {len(captions)} distinct texts -> {out}")
     return out

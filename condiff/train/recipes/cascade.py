@@ -133,13 +133,13 @@ def _to_model_range(images_u8: Tensor, flippable: Tensor | None, g: torch.Genera
 
 
 def _pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
-    from .latent import _pick_context as pick  # the lead's caption-variant pick with CFG dropout
+    from .latent import pick_context as pick  # the lead's caption-variant pick with CFG dropout
 
     return pick(ctx_bank, empty, p_uncond, g)
 
 
 def _card(ctx, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:
-    from .job import _card as job_card
+    from .job import model_card as job_card
 
     card = job_card(ctx, stage, info, params, metrics, title, summary)
     card["recipe"] = (f"condiff.train.recipes.{'cascade' if stage.startswith('cascade') else 'unclip'} stage "

@@ -26,7 +26,7 @@ unconditioned model is the baseline; the held-out pictures themselves, run throu
 preprocessor, give the reachable ceiling ("reference").
 
 Shipping: the weights are exported int8 with per-output-channel scales
-(:func:`condiff.pipelines.control.quantize_int8`, ≈ 5.2 MB for the 5.1 M-parameter ControlNet of
+(:func:`condiff.models.weights.quantize_int8`, ≈ 5.2 MB for the 5.1 M-parameter ControlNet of
 the 11.5 M-parameter built-in U-Net), and the card's metrics are measured with those shipped
 weights.
 """
@@ -50,13 +50,14 @@ from ...metrics.adherence import depth_errors, edge_f1, keypoint_scores, normal_
 from ...models.ldm import LatentDiffusion
 from ...nn.controlnet import ControlledUNet, ControlNet
 from ...nn.unet import UNet, UNetConfig, count_parameters
-from ...pipelines.control import QUANT_SCHEME, control, controlnet_component, dequantize_int8, quantize_int8
+from ...models.weights import dequantize_int8, quantize_int8, save_weights
+from ...pipelines.control import control, controlnet_component
 from ...pipelines.text2img import generate
 from ...preprocess import get_preprocessor
 from ...preprocess.pose import estimate_keypoints
 from ...schedules import DiscreteSchedule
 from ..loop import TrainConfig, Trainer
-from .latent import _pick_context, _sample_latents
+from .latent import sample_latents, pick_context
 
 if TYPE_CHECKING:  # job.py imports this module to register the stage
     from .job import JobContext
@@ -73,6 +74,7 @@ DEFAULT_STEPS = 20000
 BATCH = 128
 LR = 1e-4
 EVAL_RECORDS = 64
+MAX_TRAIN_RECORDS = 8000
 
 
 # ============================================================================ model and data
@@ -148,8 +150,8 @@ class ControlNetObjective:
                                sigma_min=s.sigma_min, sigma_max=s.sigma_max)
 
     def __call__(self, model: ControlNet, batch: dict, g: torch.Generator) -> Tensor:
-        z = _sample_latents(batch["mean"], batch["std"], self.scale, g)
-        ctx = _pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        z = sample_latents(batch["mean"], batch["std"], self.scale, g)
+        ctx = pick_context(batch["ctx"], self.empty, self.p_uncond, g)
         image = batch["cond"].to(z.device).float() / 255
         return self.loss(self.denoiser(model, image), z, Cond(context=ctx), g)
 
@@ -309,22 +311,22 @@ def _load_base_unet(ctx: "JobContext") -> tuple[UNet, dict]:
 
 
 def _export(ctx: "JobContext", net: ControlNet, kind: str, info: dict, metrics: dict, base_conf: dict) -> dict:
-    from ...models.weights import save_weights
     from .export import write_model_card
-    from .job import _card
+    from .job import model_card
 
     name = controlnet_component(kind)
     config = {
         "kind": "controlnet", "network": net.controlnet_config.to_dict(), "condition": kind, "base": "ldm",
         "preprocessor": f"condiff.preprocess.{kind}", "caption_dropout": P_UNCOND,
-        "quantization": {"scheme": QUANT_SCHEME, "scale_dtype": "float32"},
+        "weights": "int8, one scale per output channel (condiff.models.weights.quantize_int8)",
         "schedule": base_conf.get("schedule"), "prediction": base_conf.get("prediction", "eps"),
     }
     files = save_weights(quantize_int8(net.state_dict()), ctx.weights / name, config, dtype=None)
-    card = _card(ctx, name, info, count_parameters(net), metrics, f"Built-in {kind} ControlNet",
+    card = model_card(ctx, name, info, count_parameters(net), metrics, f"Built-in {kind} ControlNet",
                  f"Trainable encoder copy of the locked `ldm` U-Net with zero convolutions (thesis §3.1.3), "
                  f"condition: {kind} ({PRIMARY[kind][0]} is its adherence metric). ε-loss, "
                  f"{int(P_UNCOND * 100)} % caption dropout (ControlNet paper). Shipped int8 with per-channel scales.")
+    card["data"] = f"{card['data']}; {info['train_records']} of them used for {kind}" + (" (figures)" if kind == "pose" else "")
     card["recipe"] = (f"condiff.train.recipes.controlnet.stage_controlnet (batch {info['batch_size']}, AdamW lr "
                       f"{info['lr']}, cosine, EMA, bf16 on CUDA; base U-Net locked)")
     write_model_card(ctx.weights / name, "controlnet", config, files, card)
@@ -335,7 +337,7 @@ def _export(ctx: "JobContext", net: ControlNet, kind: str, info: dict, metrics: 
 def _int8_error(obj: ControlNetObjective, net: ControlNet, shipped: ControlNet, batch: dict, device) -> float:
     """Relative L2 difference of the ε-predictions of the fp32 and the int8-shipped ControlNet."""
     g = torch.Generator(device=device).manual_seed(3)
-    z = _sample_latents(batch["mean"], batch["std"], obj.scale, g)
+    z = sample_latents(batch["mean"], batch["std"], obj.scale, g)
     sigma = obj.schedule.sigmas.to(device)[torch.randint(0, obj.schedule.num_steps, (z.shape[0],), generator=g,
                                                          device=device)].float()
     x = z + sigma.view(-1, 1, 1, 1) * torch.randn(z.shape, generator=g, device=device)
@@ -366,6 +368,9 @@ def stage_controlnet(ctx: "JobContext", kind: str) -> None:
         net.load_state_dict(load_controlnet_folder(ctx.component(name))[0].state_dict())
         print(f"warm start {name} from {ctx.component(name)}", flush=True)
     train = records_for(world, kind, "train")
+    if len(train) > MAX_TRAIN_RECORDS:  # a seeded subset keeps the condition maps cheap to compute
+        g = torch.Generator().manual_seed(5)
+        train = train[torch.randperm(len(train), generator=g)[:MAX_TRAIN_RECORDS]].sort().values
     if len(train) == 0:
         raise ValueError(f"the world has no training records for the {kind!r} ControlNet"
                          + (" (no figure records with keypoints)" if kind == "pose" else ""))

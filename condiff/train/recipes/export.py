@@ -12,7 +12,7 @@ from torch import nn
 
 from ...models.weights import save_weights
 
-__all__ = ["export_component", "write_model_card", "strip_prefix"]
+__all__ = ["export_component", "write_model_card", "add_card_metrics", "strip_prefix"]
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -68,4 +68,18 @@ def write_model_card(folder: str | Path, kind: str, config: dict, files: dict[st
     lines.append(f"_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._")
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
+    (folder / "card.json").write_text(json.dumps({"kind": kind, "card": card}, indent=1, default=str))
     return path
+
+
+def add_card_metrics(folder: str | Path, metrics: dict[str, Any], note: str | None = None) -> Path:
+    """Add measured metrics to a component's model card (re-rendered from its card.json)."""
+    folder = Path(folder)
+    src = json.loads((folder / "card.json").read_text())
+    card = src["card"]
+    card.setdefault("metrics", {}).update(metrics)
+    if note:
+        card["summary"] = (card.get("summary", "") + "\n\n" + note).strip()
+    config = json.loads((folder / "config.json").read_text())
+    files = config.pop("files", {})
+    return write_model_card(folder, src["kind"], config, files, card)

@@ -105,7 +105,7 @@ def _fit(ctx: JobContext, stage: str, model, objective, data, **over):
     return info
 
 
-def _card(ctx: JobContext, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:
+def model_card(ctx: JobContext, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:
     return {
         "title": title, "summary": summary, "parameters": params,
         "recipe": f"condiff.train.recipes.job stage `{stage}` (batch {info['batch_size']}, AdamW lr {info['lr']}, cosine, EMA 0.999, bf16)",
@@ -163,7 +163,7 @@ def stage_vae(ctx: JobContext) -> None:
     ctx.log["vae"] = {**info, **metrics}
     export_component(vae, ctx.weights / "vae", kind="autoencoder", network_config=cfg.to_dict(),
                      extra={"scaling_factor": scale},
-                     card=_card(ctx, "vae", info, count_parameters(vae), metrics, "Built-in KL autoencoder (f=4)",
+                     card=model_card(ctx, "vae", info, count_parameters(vae), metrics, "Built-in KL autoencoder (f=4)",
                                 "128×128 RGB ↔ 32×32×4 latents; L1 + edge + 1e-6·KL objective."))
 
 
@@ -208,7 +208,7 @@ def stage_evalenc(ctx: JobContext) -> None:
     ctx.log["evalenc"] = {**info, **metrics}
     export_component(enc, ctx.weights / "evalenc", kind="image-encoder", network_config=cfg.to_dict(),
                      extra={"text_encoder": "all-MiniLM-L6-v2 (mean-pooled, frozen)", "concepts": ctx.world.concepts},
-                     card=_card(ctx, "evalenc", info, count_parameters(enc), metrics,
+                     card=model_card(ctx, "evalenc", info, count_parameters(enc), metrics,
                                 "condiff-evalenc (LiT vs. MiniLM)",
                                 "CLIP-style image tower trained against frozen MiniLM caption embeddings; "
                                 "the built-in world's stand-in for CLIP features. Not CLIP."))
@@ -237,7 +237,7 @@ def stage_ldm(ctx: JobContext) -> None:
     ctx.log["ldm"] = info
     _sample_grid(ctx, unet, lat, schedule)
     export_component(unet, ctx.weights / "ldm", kind="unet", network_config=cfg.to_dict(), extra=_unet_extra(),
-                     card=_card(ctx, "ldm", info, count_parameters(unet), {}, "Built-in text-to-image latent U-Net",
+                     card=model_card(ctx, "ldm", info, count_parameters(unet), {}, "Built-in text-to-image latent U-Net",
                                 "ε-prediction on 32×32×4 latents, MiniLM cross-attention, 10 % caption dropout, EMA."))
 
 
@@ -280,7 +280,7 @@ def stage_classifier(ctx: JobContext) -> None:
     ctx.log["classifier"] = {**info, **metrics}
     export_component(clf, ctx.weights / "classifier", kind="classifier", network_config=cfg.to_dict(),
                      extra={"num_classes": num, "labels": ctx.world.styles, "label_kind": "style", "schedule": SCHEDULE},
-                     card=_card(ctx, "classifier", info, count_parameters(clf), metrics,
+                     card=model_card(ctx, "classifier", info, count_parameters(clf), metrics,
                                 "Built-in noisy latent style classifier",
                                 "p(style | x_t, t) for classifier guidance (thesis eq. 3.4)."))
 
@@ -320,7 +320,7 @@ def stage_inpaint(ctx: JobContext) -> None:
     ctx.log["inpaint"] = info
     export_component(unet, ctx.weights / "ldm-inpaint", kind="inpaint-unet", network_config=unet.config.to_dict(),
                      extra=_unet_extra(),
-                     card=_card(ctx, "inpaint", info, count_parameters(unet), {}, "Built-in inpainting latent U-Net",
+                     card=model_card(ctx, "inpaint", info, count_parameters(unet), {}, "Built-in inpainting latent U-Net",
                                 "9 input channels (latent + mask + masked-image latent), fine-tuned from `ldm` "
                                 "with zero-initialised extra channels; 25 % fully masked samples."))
 
@@ -339,8 +339,28 @@ def strict_prefix(state: dict) -> dict:
     return strip_prefix(state, "net.")
 
 
+def stage_evaluate(ctx: JobContext) -> None:
+    from .evaluate import stage_evaluate as run
+
+    run(ctx)
+
+
+def _lazy(module: str, fn: str):
+    def run(ctx: JobContext) -> None:
+        import importlib
+
+        getattr(importlib.import_module(f"{__package__}.{module}"), fn)(ctx)
+
+    return run
+
+
 RUNNERS = {"vae": stage_vae, "evalenc": stage_evalenc, "ldm": stage_ldm, "classifier": stage_classifier,
-           "inpaint": stage_inpaint}
+           "inpaint": stage_inpaint, "evaluate": stage_evaluate,
+           "cascade-base": _lazy("cascade", "stage_cascade_base"), "cascade-sr": _lazy("cascade", "stage_cascade_sr"),
+           "unclip-prior": _lazy("unclip", "stage_unclip_prior"), "unclip-decoder": _lazy("unclip", "stage_unclip_decoder")}
+for _kind in ("canny", "lineart", "softedge", "depth", "normal", "pose"):
+    RUNNERS[f"controlnet-{_kind}"] = (lambda ctx, k=_kind: __import__(f"{__package__}.controlnet", fromlist=["x"])
+                                      .stage_controlnet(ctx, k))
 
 
 def ship_component(folder: Path, dest: Path, limit: int = 15 * 1024 * 1024) -> list[Path]:

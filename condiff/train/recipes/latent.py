@@ -23,7 +23,10 @@ from ...denoisers import Cond, NetworkDenoiser
 from ...losses import DDPMEpsLoss
 from ...nn.unet import UNet, UNetConfig
 
-__all__ = ["builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks", "inpaint_bank"]
+__all__ = [
+    "builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks",
+    "inpaint_bank", "pick_context", "sample_latents",
+]
 
 
 def builtin_unet_config(in_channels: int = 4) -> UNetConfig:
@@ -35,7 +38,7 @@ def builtin_unet_config(in_channels: int = 4) -> UNetConfig:
     )
 
 
-def _pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
+def pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
     """One caption variant per sample, replaced by the empty prompt with probability p_uncond."""
     b, k = ctx_bank.shape[:2]
     variant = torch.randint(0, k, (b,), generator=g, device=g.device).to(ctx_bank.device)
@@ -44,7 +47,7 @@ def _pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Gen
     return torch.where(drop[:, None, None], empty.to(ctx.dtype).expand_as(ctx), ctx)
 
 
-def _sample_latents(mean: Tensor, std: Tensor, scale: float, g: torch.Generator) -> Tensor:
+def sample_latents(mean: Tensor, std: Tensor, scale: float, g: torch.Generator) -> Tensor:
     eps = torch.randn(mean.shape, generator=g, device=g.device).to(mean.device)
     return (mean.float() + std.float() * eps) * scale
 
@@ -61,8 +64,8 @@ class TextToImageObjective:
         self.p_uncond = p_uncond
 
     def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
-        z = _sample_latents(batch["mean"], batch["std"], self.scale, g)
-        ctx = _pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        z = sample_latents(batch["mean"], batch["std"], self.scale, g)
+        ctx = pick_context(batch["ctx"], self.empty, self.p_uncond, g)
         return self.loss(self.denoiser, z, Cond(context=ctx), g)
 
 
@@ -144,13 +147,13 @@ class InpaintObjective:
         self.p_uncond = p_uncond
 
     def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
-        z = _sample_latents(batch["mean"], batch["std"], self.scale, g)
+        z = sample_latents(batch["mean"], batch["std"], self.scale, g)
         b, p = batch["masks"].shape[:2]
         pick = torch.randint(0, p, (b,), generator=g, device=g.device).to(z.device)
         rows = torch.arange(b, device=z.device)
         m_lat = batch["masks"][rows, pick].float()
         zm = batch["zm"][rows, pick].float()
-        ctx = _pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        ctx = pick_context(batch["ctx"], self.empty, self.p_uncond, g)
         return self.loss(self.denoiser, z, Cond(context=ctx, concat=torch.cat([m_lat, zm], 1)), g)
 
 

@@ -1,0 +1,333 @@
+"""Experiment 3 (thesis §4.4): DreamBooth, LoRA and textual inversion × three prompts, measured.
+
+The subject is the held-out unicorn of the built-in world (five pictures, identifier "sks", class
+noun "horse", :mod:`condiff.data.experiment_inputs`); the thesis used five photos of a woman.
+Each method is trained with :mod:`condiff.personalize` at the thesis's settings (§4.4.2–4.4.4:
+400 steps, batch 1; lr 5e-6 / 1e-4 cosine / 5e-4) — or taken from an earlier run, because
+training is the slow part on a CPU:
+
+1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact);
+2. the cache of earlier ``--train`` runs: ``<cache>/personalization/<model>-<method>-<settings hash>/``;
+3. otherwise, with ``train=True`` (``--train``), it trains now and fills the cache; without, the
+   method is skipped and the report says how to get it.
+
+Every variant (the base model and each method) renders the three prompts and the class prompt
+("a portrait of a horse") with the same seeds. Metrics, following DreamBooth's evaluation (Ruiz
+et al. 2023, §4.1) with condiff-evalenc in place of CLIP/DINO:
+
+* **subject fidelity**: mean 100·cos between each generated picture and the five subject pictures
+  (CLIP-I style), and the LPIPS-like distance to the nearest subject picture;
+* **prompt fidelity**: evalenc prompt score against the prompt *without* the identifier (CLIP-T);
+* **class drift** (language drift, DreamBooth §3.3): how far the class prompt's pictures moved from
+  the base model's for the same seeds, 100·(1 − cos) in evalenc space (and LPIPS-like);
+* cost: training time, peak memory and the artefact's file size (full U-Net vs. LoRA vs. one
+  embedding: the thesis's "gigabytes / megabytes / kilobytes").
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..io import atomic_path
+from ..metrics.perceptual import filter_bank_distance
+from .config import PersonalizationConfig, to_dict
+from .context import (ExperimentContext, ExperimentResult, Figure, Table, as_unit_batch, fmt_summary, summarize,
+                      to_model_size)
+from .report import COLUMN_LABELS, plot_bars
+from .sweep import image_grid
+
+__all__ = ["Personalized", "run_personalization", "subject_inputs", "find_result", "train_method", "apply_method",
+           "METHOD_TITLES", "ARTEFACT_FILES"]
+
+METHOD_TITLES = {"dreambooth": "DreamBooth", "lora": "LoRA", "textual_inversion": "Textual inversion"}
+ARTEFACT_FILES = {"dreambooth": "unet.safetensors", "lora": "lora.safetensors",
+                  "textual_inversion": "embedding.safetensors"}
+_STYLE = {"noto": "glossy", "twemoji": "flat", "fluent-emoji-flat": "pastel flat", "openmoji": "outlined"}
+
+
+@dataclass
+class Personalized:
+    """A personalization artefact with its training record and where it came from."""
+
+    method: str
+    folder: Path
+    record: dict[str, Any]
+    source: str  # "shipped" | "cache" | "trained now"
+
+    @property
+    def file(self) -> Path:
+        return self.folder / ARTEFACT_FILES[self.method]
+
+
+def subject_inputs(size: int) -> dict[str, Any]:
+    """The five subject pictures [5, 3, S, S] in [0, 1], identifier, class noun, prompts, LoRA captions."""
+    from ..data.experiment_inputs import load_experiment_inputs
+
+    doc = load_experiment_inputs()["exp3"]
+    images = torch.cat([to_model_size(as_unit_batch(s["image"]), size) for s in doc["subject"]])
+    ident, noun = doc["identifier"], doc["class_noun"]
+    captions = [f"a {ident} {noun}, {_STYLE.get(s['source'].split('/')[0], 'emoji')} style" for s in doc["subject"]]
+    return {"images": images, "identifier": ident, "class_noun": noun, "prompts": list(doc["prompts"]),
+            "captions": captions, "thesis_prompts": doc.get("thesis_prompts", [])}
+
+
+def _size(n: int) -> str:
+    for unit, k in (("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def _without_identifier(prompt: str, identifier: str) -> str:
+    return " ".join(w for w in prompt.split() if w != identifier)
+
+
+def _method_prompt(method: str, prompt: str, identifier: str, noun: str, token: str) -> str:
+    """Textual inversion's placeholder stands for "<identifier> <noun>" (Gal et al.: "a photo of S*")."""
+    if method == "textual_inversion":
+        return prompt.replace(f"{identifier} {noun}", token)
+    return prompt
+
+
+# --------------------------------------------------------------------------- artefacts
+
+
+def _settings(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> dict[str, Any]:
+    return {"model": ctx.model.name, "image_size": ctx.model.image_size, "method": method, "seed": config.run.seed,
+            "sampler": config.run.sampler, "guidance": config.guidance, **dataclasses.asdict(getattr(config, method))}
+
+
+def _cache_folder(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> Path | None:
+    if ctx.cache_dir is None:
+        return None
+    key = hashlib.sha256(json.dumps(_settings(ctx, config, method), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(ctx.cache_dir) / "personalization" / f"{ctx.model.name}-{method}-{key}"
+
+
+def _read(folder: Path, method: str, source: str) -> Personalized | None:
+    rec_path = folder / "train.json"
+    if not rec_path.is_file() or not (folder / ARTEFACT_FILES[method]).is_file():
+        return None
+    return Personalized(method, folder, json.loads(rec_path.read_text()), source)
+
+
+def find_result(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> Personalized | None:
+    """A shipped result for this model, else a cached one trained with exactly these settings."""
+    from ..models import registry
+
+    shipped = _read(registry.WEIGHTS_DIR / "personalization" / method, method, "shipped")
+    if shipped is not None and shipped.record.get("model") == ctx.model.name:
+        return shipped
+    folder = _cache_folder(ctx, config, method)
+    return _read(folder, method, "cache") if folder is not None else None
+
+
+def _working_copy(model) -> Any:
+    """A LatentDiffusion sharing everything but a private U-Net (the base model stays untouched)."""
+    return dataclasses.replace(model, unet=copy.deepcopy(model.unet), info=dict(model.info))
+
+
+def train_method(ctx: ExperimentContext, config: PersonalizationConfig, method: str, inputs: dict[str, Any]) -> Personalized:
+    """Train ``method`` on the subject now and store it in the cache (see the module doc)."""
+    from ..personalize import (DreamBoothConfig, ImageSet, LoRATrainConfig, TextualInversionConfig, save_finetuned_weights,
+                               train_dreambooth, train_lora, train_textual_inversion)
+    from .architectures import PeakMemory
+
+    folder = _cache_folder(ctx, config, method)
+    if folder is None:
+        raise ValueError("training personalization needs a cache folder (--cache DIR) to keep the result")
+    folder.mkdir(parents=True, exist_ok=True)
+    run, sec = config.run, getattr(config, method)
+    model = _working_copy(ctx.model)
+    images = ImageSet(inputs["images"] * 2 - 1)
+    ident, noun = inputs["identifier"], inputs["class_noun"]
+    common = dict(steps=sec.steps, lr=sec.lr, seed=run.seed, progress=ctx.show_progress, checkpoint_every=0)
+    out = folder / ARTEFACT_FILES[method]
+    t0 = time.perf_counter()
+    with PeakMemory(ctx.device) as mem, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if method == "dreambooth":
+            cfg = DreamBoothConfig(identifier=ident, class_noun=noun, instance_template="a portrait of a {identifier} {class_noun}",
+                                   class_template="a portrait of a {class_noun}", prior_weight=sec.prior_weight,
+                                   num_class_images=sec.num_class_images, class_sampler=run.sampler,
+                                   class_steps=sec.class_steps, class_guidance=config.guidance, **common)
+            train_dreambooth(model, images, cfg, class_cache=Path(ctx.cache_dir) / "personalization" / "class-images")
+            save_finetuned_weights(model, out, overwrite=True)
+        elif method == "lora":
+            cfg = LoRATrainConfig(rank=sec.rank, lr_schedule=sec.lr_schedule, **common)
+            train_lora(model, images, inputs["captions"], cfg, out=out, overwrite=True)
+        elif method == "textual_inversion":
+            cfg = TextualInversionConfig(token=sec.token, initializer=sec.initializer or noun, **common)
+            train_textual_inversion(model, images, cfg, out=out, overwrite=True)
+        else:
+            raise ValueError(f"unknown personalization method {method!r}; choose one of {', '.join(METHOD_TITLES)}")
+    seconds = time.perf_counter() - t0
+    record = {"settings": _settings(ctx, config, method), "model": ctx.model.name, "seconds": round(seconds, 2),
+              "peak_mib": round(mem.peak_bytes / 2**20, 1) if mem.peak_bytes is not None else None,
+              "memory_method": mem.method, "device": str(ctx.device), "bytes": out.stat().st_size,
+              "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "warnings": sorted({str(w.message) for w in caught})}
+    with atomic_path(folder / "train.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return Personalized(method, folder, record, "trained now")
+
+
+def apply_method(model, p: Personalized):
+    """A copy of ``model`` with the personalization applied (the base model is not changed)."""
+    from ..personalize import apply_lora, load_embedding_into_model, load_finetuned_weights
+
+    m = _working_copy(model)
+    if p.method == "dreambooth":
+        load_finetuned_weights(m, p.file)
+    elif p.method == "lora":
+        apply_lora(m, p.file)
+    elif p.method == "textual_inversion":
+        token = p.record.get("settings", {}).get("token")
+        load_embedding_into_model(m, p.file, token=token)
+    else:
+        raise ValueError(f"unknown personalization method {p.method!r}")
+    return m
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _render(model, prompt: str, config: PersonalizationConfig, show_progress: bool) -> Tensor:
+    from ..pipelines.text2img import generate
+
+    run = config.run
+    return generate(model, prompt, guidance=config.guidance, steps=run.steps, sampler=run.sampler, seed=run.seed,
+                    batch_size=run.images_per_cell, show_progress=show_progress).images
+
+
+def _nearest_lpips(images: Tensor, subject: Tensor) -> Tensor:
+    d = torch.stack([filter_bank_distance(images, s[None].expand_as(images)) for s in subject], 1)
+    return d.min(1).values
+
+
+def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -> ExperimentResult:
+    """Run experiment 3 (see the module doc)."""
+    t_start = time.perf_counter()
+    run = config.run
+    res = ExperimentResult("personalization", "Experiment 3: personalization (thesis §4.4)", to_dict(config),
+                           seeds=run.seeds)
+    inputs = subject_inputs(ctx.model.image_size)
+    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
+    res.figures.append(Figure("dataset", "The subject's five pictures (Fig. 4.17)", image_grid(
+        [[subject]], row_labels=["subject"], col_labels=[f"“{ident} {noun}”: held out of all training"]),
+        "LoRA captions: " + "; ".join(inputs["captions"]), "image"))
+    variants: list[tuple[str, Any, Personalized | None]] = [("base", ctx.model, None)]
+    for method in config.methods:
+        found = find_result(ctx, config, method)
+        if found is None and ctx.train:
+            if not ctx.budget.allows():
+                res.skip(f"{METHOD_TITLES[method]} training", "time budget spent")
+                continue
+            found = train_method(ctx, config, method, inputs)
+            res.notes += [f"{METHOD_TITLES[method]} training: {w}" for w in found.record.get("warnings", [])]
+        if found is None:
+            res.skip(METHOD_TITLES[method], "no shipped or cached result for this model and these settings; train it "
+                     "with `condiff experiment run personalization --train` (or `condiff demo --train`)")
+            continue
+        try:
+            variants.append((method, apply_method(ctx.model, found), found))
+        except (ValueError, OSError, RuntimeError) as err:
+            res.skip(METHOD_TITLES[method], f"the {found.source} result in {found.folder} does not fit this model: {err}")
+    if ctx.evalenc is None:
+        res.skip("evalenc metrics", "no evaluation encoder: subject/prompt fidelity and drift in evalenc space not measured")
+    class_prompt = f"a portrait of a {noun}"
+    prompts = inputs["prompts"]
+    token = config.textual_inversion.token
+    per_prompt, per_method, grids, base_class = [], [], [], None
+    metrics: dict[str, Any] = {}
+    for name, model, found in variants:
+        if not ctx.budget.allows():
+            res.skip(f"{name} evaluation", "time budget spent")
+            continue
+        values: dict[str, list[float]] = {}
+        row_imgs = []
+        metrics[name] = {"prompts": {}}
+        for p in prompts:
+            imgs = _render(model, _method_prompt(name, p, ident, noun, token), config, ctx.show_progress)
+            row_imgs.append(imgs)
+            m = {"lpips_like_subject": _nearest_lpips(imgs, subject)}
+            if ctx.evalenc is not None:
+                m["subject_fidelity"] = ctx.evalenc.image_similarity(imgs, subject)
+                m["prompt_fidelity"] = ctx.evalenc.prompt_scores(imgs, _without_identifier(p, ident))
+            metrics[name]["prompts"][p] = {k: summarize(v) for k, v in m.items()}
+            per_prompt.append({"variant": name, "prompt": _method_prompt(name, p, ident, noun, token),
+                               **metrics[name]["prompts"][p]})
+            for k, v in m.items():
+                values.setdefault(k, []).extend(v.tolist())
+        class_imgs = _render(model, class_prompt, config, ctx.show_progress)
+        if base_class is None:
+            base_class = class_imgs
+        else:
+            values["class_drift_lpips_like"] = filter_bank_distance(class_imgs, base_class).tolist()
+            if ctx.evalenc is not None:
+                a, b = ctx.evalenc.embed_images(class_imgs), ctx.evalenc.embed_images(base_class)
+                values["class_drift"] = (100.0 * (1 - (a * b).sum(1))).tolist()
+        row_imgs.append(class_imgs)
+        grids.append((name, row_imgs))
+        summary = {k: summarize(v) for k, v in values.items()}
+        metrics[name].update(summary)
+        entry = {"variant": name, "method": METHOD_TITLES.get(name, "base model (no personalization)"),
+                 "source": found.source if found else "—", **summary}
+        if found is not None:
+            rec = found.record
+            entry.update({"train_s": rec.get("seconds"), "train_peak_mib": rec.get("peak_mib"),
+                          "file_bytes": found.file.stat().st_size, "steps": rec.get("settings", {}).get("steps")})
+            metrics[name]["file_bytes"] = entry["file_bytes"]
+            res.measurements[name] = {k: rec.get(k) for k in ("seconds", "peak_mib", "memory_method", "device", "trained_at")}
+        per_method.append(entry)
+    if grids:
+        cols = [_method_prompt("x", p, ident, noun, token) for p in prompts] + [f"{class_prompt} (drift check)"]
+        res.figures.append(Figure("results_grid", "Base model and each method × the prompts (Figs. 4.18–4.20)", image_grid(
+            [imgs for _, imgs in grids], row_labels=[METHOD_TITLES.get(n, "base") for n, _ in grids], col_labels=cols),
+            f"Each cell: seeds {', '.join(map(str, run.seeds))}. Textual inversion writes '{token}' for "
+            f"'{ident} {noun}'.", "grid"))
+    cols = ["variant", "method", "source", "subject_fidelity", "prompt_fidelity", "lpips_like_subject", "class_drift",
+            "class_drift_lpips_like", "train_s", "train_peak_mib", "file_bytes", "steps"]
+    cols = [c for c in cols if any(c in e for e in per_method)]
+    table = Table("methods", "Personalization methods (means over prompts × seeds)", cols, per_method,
+                  feature_extractor=ctx.evalenc_name)
+    table.notes.append("subject_fidelity: evalenc 100·cos to the five subject pictures; prompt_fidelity: evalenc prompt "
+                       "score without the identifier; class_drift: change of the class prompt's pictures vs. the base "
+                       "model, same seeds (0 = none). train_s / train_peak_mib vary between runs.")
+    res.tables.append(table)
+    pcols = ["variant", "prompt"] + [c for c in ("subject_fidelity", "prompt_fidelity", "lpips_like_subject")
+                                     if any(c in r for r in per_prompt)]
+    res.tables.append(Table("prompts", "Per prompt (means over seeds)", pcols, per_prompt, feature_extractor=ctx.evalenc_name))
+    res.metrics["variants"] = metrics
+    for key in ("subject_fidelity", "prompt_fidelity", "class_drift"):
+        if any(key in e for e in per_method):
+            res.headlines.append(f"{COLUMN_LABELS[key]}: " + ", ".join(
+                f"{e['method'] if e['variant'] != 'base' else 'base'} {fmt_summary(e.get(key))}" for e in per_method if key in e))
+    costs = [e for e in per_method if "file_bytes" in e]
+    if costs:
+        res.headlines.append("cost: " + "; ".join(f"{e['method']} {_size(e['file_bytes'])}, trained {e['train_s']} s"
+                                                   for e in costs))
+    if per_method:
+        names = [e["variant"] for e in per_method]
+        panels = {COLUMN_LABELS[k]: [e.get(k) for e in per_method] for k in (
+            "subject_fidelity", "prompt_fidelity", "class_drift", "lpips_like_subject") if any(k in e for e in per_method)}
+        trained = [e for e in per_method if "file_bytes" in e]
+        if trained:
+            panels["training s"] = [summarize([e["train_s"]]) if e.get("train_s") is not None else None for e in per_method]
+            panels["file size (bytes)"] = [summarize([e["file_bytes"]]) if "file_bytes" in e else None for e in per_method]
+        res.figures.append(Figure("method_bars", "Per-method fidelity, drift and cost", plot_bars(
+            names, panels, title="Personalization (means, 95 % CI)", log_panels=("file size (bytes)",)), "", "plot"))
+    res.wall_s = time.perf_counter() - t_start
+    res.measurements["seconds"] = round(res.wall_s, 2)
+    return res
