@@ -244,7 +244,7 @@ def test_parity_with_diffusers_lora_loading(tmp_path, layout):
     path = save_lora(net, tmp_path / f"{layout}.safetensors", layout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        state, alphas = Loader.lora_state_dict(str(path))
+        state, alphas = Loader.lora_state_dict(str(path.parent), weight_name=path.name)
         Loader.load_lora_into_unet(state, alphas, ref_unet)
     with torch.no_grad():
         theirs = ref_unet(x, t, ctx).sample
@@ -264,7 +264,7 @@ def test_parity_with_diffusers_text_encoder_lora(tmp_path):
     path = save_lora(net, tmp_path / "te.safetensors", "kohya")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        state, alphas = Loader.lora_state_dict(str(path))
+        state, alphas = Loader.lora_state_dict(str(path.parent), weight_name=path.name)
         Loader.load_lora_into_text_encoder(state, alphas, ref, prefix="text_encoder")
     with torch.no_grad():
         assert (ref(input_ids=ids).last_hidden_state - ours).abs().max() < 1e-5

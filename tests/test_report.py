@@ -25,6 +25,8 @@ def test_summarize_gives_a_reproducible_interval_around_the_mean():
     dropped = summarize([1.0, math.inf, float("nan"), 3.0])
     assert dropped["mean"] == pytest.approx(2.0) and dropped["dropped"] == 2 and dropped["n"] == 2
     assert summarize([])["mean"] is None
+    exact = summarize([math.inf, math.inf])
+    assert exact["mean"] == math.inf and fmt_summary(exact) == "∞ (exact)" and jsonable(exact)["mean"] == "inf"
     assert fmt_summary(s, 2) == f"4 [{lo:.2g}, {hi:.2g}]" and fmt_summary(None) == "n/a"
 
 

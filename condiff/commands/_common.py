@@ -18,6 +18,26 @@ PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progr
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+LORA_OPT = typer.Option([], "--lora", help="LoRA file to apply, FILE or FILE:WEIGHT (repeatable; kohya or diffusers/PEFT keys).")
+EMBEDDING_OPT = typer.Option([], "--embedding", help="Textual-inversion embedding file (A1111 or diffusers; repeatable).")
+
+
+def personalize(model, loras: list[str], embeddings: list[Path]):
+    """Apply LoRA files and textual-inversion embeddings to a loaded model; returns their record."""
+    from ..personalize.embeddings import load_embedding_into_model
+    from ..personalize.lora_formats import apply_lora, parse_lora_spec
+
+    applied = {}
+    for spec in loras:
+        path, weight = parse_lora_spec(spec)
+        apply_lora(model, path, weight)
+        applied.setdefault("loras", []).append({"file": str(path), "weight": weight})
+    for path in embeddings:
+        emb = load_embedding_into_model(model, path)
+        applied.setdefault("embeddings", []).append({"file": str(path), "token": emb.token})
+    return applied
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

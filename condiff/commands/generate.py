@@ -24,6 +24,7 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image i uses seed + i."),
     batch: int = typer.Option(1, "--batch", help="Number of images."),
     out: Path = typer.Option(Path("condiff-out.png"), "--out", "-o", help="Output PNG (parameters stored inside)."),
+    lora: list[str] = C.LORA_OPT, embedding: list[Path] = C.EMBEDDING_OPT,
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
 ) -> None:
@@ -32,8 +33,10 @@ def generate(
 
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
+    applied = C.personalize(m, lora, embedding)
     res = run(m, prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
               batch_size=batch, show_progress=progress)
+    res.params.update(applied)
     C.save_result(res, out, overwrite)
 
 

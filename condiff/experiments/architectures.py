@@ -303,7 +303,7 @@ class Evaluator:
     @classmethod
     def builtin(cls, device="cpu", weights_dir: str | Path | None = None) -> "Evaluator":
         """condiff-evalenc (from ``weights_dir`` when it holds one, else condiff's weights) + MiniLM."""
-        from ..models.registry import _text_encoder
+        from ..models.registry import builtin_text_encoder as _text_encoder
         from ..models.unclip import load_evalenc
 
         if weights_dir is not None and not (Path(weights_dir) / "evalenc" / "config.json").exists():

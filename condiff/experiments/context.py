@@ -43,7 +43,8 @@ __all__ = [
 def summarize(values: Sequence[float] | Tensor, *, seed: int = 0, digits: int = 6) -> dict[str, Any]:
     """``{"mean", "ci95": [lo, hi] | None, "n"}`` of per-sample values (bootstrap 95 % CI, ≥ 2 finite values).
 
-    Non-finite values (e.g. PSNR of identical images) are dropped and counted in ``"dropped"``.
+    Non-finite values (e.g. PSNR of identical images) are dropped and counted in ``"dropped"``;
+    when every value is +inf the mean is +inf (exact), written "inf" in results.json.
     """
     vals = [float(v) for v in (values.flatten().tolist() if isinstance(values, Tensor) else values)]
     finite = [v for v in vals if math.isfinite(v)]
@@ -51,6 +52,8 @@ def summarize(values: Sequence[float] | Tensor, *, seed: int = 0, digits: int = 
     if len(finite) < len(vals):
         out["dropped"] = len(vals) - len(finite)
     if not finite:
+        if vals and all(v == math.inf for v in vals):  # e.g. PSNR of pixel-exact outputs: exact, not missing
+            out.update(mean=math.inf, n=len(vals), dropped=0)
         return out
     if len(finite) == 1:
         out["mean"] = round(finite[0], digits)
@@ -65,6 +68,8 @@ def fmt_summary(s: Mapping[str, Any] | None, digits: int = 3) -> str:
     """``"0.512 [0.48, 0.55]"`` (or ``"n/a"``) for a :func:`summarize` dict."""
     if not s or s.get("mean") is None:
         return "n/a"
+    if s["mean"] in (math.inf, "inf"):
+        return "∞ (exact)"
     m = f"{s['mean']:.{digits}g}"
     if s.get("ci95"):
         lo, hi = s["ci95"]
@@ -134,15 +139,17 @@ class ExperimentResult:
 class Budget:
     """A wall-clock budget shared by the experiments of one run (None = unlimited).
 
-    Experiments ask :meth:`allows` before each optional part; a part that would start after the
-    budget is spent is skipped and reported, so a demo ends in time even on a loaded machine.
+    Experiments ask :meth:`allows` before each part and sweeps before each cell; what would start
+    after the budget is spent is skipped and reported, so a demo ends in time even on a loaded
+    machine (overrunning by at most one cell). :meth:`share` gives an experiment a deadline at a
+    fraction of the whole budget, so that every experiment gets its turn.
     """
 
-    def __init__(self, seconds: float | None = None):
+    def __init__(self, seconds: float | None = None, *, start: float | None = None):
         if seconds is not None and not seconds > 0:
             raise ValueError(f"a time budget must be positive seconds (or None for no limit), got {seconds}")
         self.seconds = seconds
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
 
     def spent(self) -> float:
         return time.perf_counter() - self.start
@@ -153,6 +160,12 @@ class Budget:
     def allows(self, reserve: float = 0.0) -> bool:
         """True while more than ``reserve`` seconds are left."""
         return self.left() > reserve
+
+    def share(self, fraction: float) -> "Budget":
+        """The same clock with a deadline at ``fraction`` of the budget (unlimited stays unlimited)."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a budget share is a fraction in (0, 1], got {fraction}")
+        return Budget(None if self.seconds is None else self.seconds * fraction, start=self.start)
 
 
 # --------------------------------------------------------------------------- evaluation encoder

@@ -104,7 +104,7 @@ def _plt():
 
 def _mean_err(s: Mapping[str, Any] | None) -> tuple[float, float, float]:
     """(mean, lower error, upper error) for error bars; NaN when the value is missing."""
-    if not s or s.get("mean") is None:
+    if not s or s.get("mean") is None or not math.isfinite(float(s["mean"])):
         return math.nan, 0.0, 0.0
     m = float(s["mean"])
     if s.get("ci95"):
@@ -167,9 +167,10 @@ def plot_bars(categories: Sequence[str], panels: Mapping[str, Sequence[Mapping |
         pos = list(range(len(categories)))
         ax.bar(pos, [0 if math.isnan(s[0]) else s[0] for s in stats],
                yerr=[[s[1] for s in stats], [s[2] for s in stats]], capsize=3, color=f"C{k % 10}")
-        for p, s in zip(pos, stats):
+        for p, s, raw in zip(pos, stats, summaries):
             if math.isnan(s[0]):
-                ax.text(p, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                exact = bool(raw) and raw.get("mean") in (math.inf, "inf")
+                ax.text(p, 0, "∞" if exact else "n/a", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(pos)
         ax.set_xticklabels(categories, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)

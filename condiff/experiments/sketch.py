@@ -139,6 +139,16 @@ def _by_value(sweep: SweepResult, axis: str) -> dict[str, dict[str, Any]]:
             {m: summarize(v) for m, v in c.metrics.items()} for c in sweep.cells}
 
 
+def _budgeted_sweep(ctx: ExperimentContext, res: ExperimentResult, what: str, render, axes, base, metrics
+                    ) -> SweepResult | None:
+    """:func:`run_sweep` under the context's time budget; partial or empty sweeps are reported."""
+    sw = run_sweep(render, axes, base, metrics, show_progress=ctx.show_progress, desc=what, budget=ctx.budget)
+    if not sw.complete:
+        res.skip(what if not sw.cells else f"{what}, {sw.total - len(sw.cells)} of {sw.total} cells",
+                 "time budget spent")
+    return sw if sw.cells else None
+
+
 def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult:
     """Run experiment 1 on ``ctx.model`` (see the module doc)."""
     t_start = time.perf_counter()
@@ -165,10 +175,9 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
     fx = ctx.evalenc_name
 
     # ---- SDEdit t0 sweep (Fig. 4.2)
-    if ctx.budget.allows():
-        sw = run_sweep(sdedit_render, [Axis("strength", config.sdedit.strengths)],
-                       {**base, "guidance": config.sdedit.guidance}, metrics, show_progress=ctx.show_progress,
-                       desc="SDEdit t0")
+    sw = _budgeted_sweep(ctx, res, "SDEdit sweep", sdedit_render, [Axis("strength", config.sdedit.strengths)],
+                         {**base, "guidance": config.sdedit.guidance}, metrics)
+    if sw is not None:
         res.figures.append(Figure("sdedit_grid", f"SDEdit over t0 at γ = {config.sdedit.guidance:g} (Fig. 4.2)",
                                   sw.grids()[0], "Rows: strength t0; columns: seeds (shared by every row).", "grid"))
         res.tables.append(sw.table("sdedit", "SDEdit: faithfulness vs. realism over t0", fx))
@@ -183,29 +192,26 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
             [(f"t0={c.params['strength']:g}", summarize(c.metrics["ssim_sketch"]), summarize(c.metrics[realism_key]))
              for c in sw.cells], xlabel=_LABELS["ssim_sketch"], ylabel=_LABELS[realism_key],
             title="SDEdit: faithfulness vs. realism"), "95 % bootstrap intervals over the seeds.", "plot"))
-    else:
-        res.skip("SDEdit sweep", "time budget spent")
 
     # ---- CFG γ sweep (Fig. 4.3)
-    if ctx.budget.allows():
-        sw = run_sweep(sdedit_render, [Axis("guidance", config.cfg.guidances)], {**base, "strength": config.cfg.strength},
-                       metrics, show_progress=ctx.show_progress, desc="CFG γ")
+    sw = _budgeted_sweep(ctx, res, "CFG sweep", sdedit_render, [Axis("guidance", config.cfg.guidances)],
+                         {**base, "strength": config.cfg.strength}, metrics)
+    if sw is not None:
         res.figures.append(Figure("cfg_grid", f"Classifier-free guidance γ at t0 = {config.cfg.strength:g} (Fig. 4.3)",
                                   sw.grids()[0], "Rows: guidance scale γ; columns: seeds.", "grid"))
         res.tables.append(sw.table("cfg", "Classifier-free guidance: adherence over γ", fx))
         res.metrics["cfg"] = _by_value(sw, "guidance")
         key = "evalenc_prompt" if ctx.evalenc is not None else "ssim_sketch"
+        gammas = [c.params["guidance"] for c in sw.cells]
         means = [summarize(c.metrics[key])["mean"] for c in sw.cells]
         best = max(range(len(means)), key=lambda i: means[i])
         res.headlines.append(f"CFG at t0={config.cfg.strength:g}: {_LABELS[key]} " + ", ".join(
-            f"γ={c.params['guidance']:g}: {m:.3g}" for c, m in zip(sw.cells, means)) + f" (highest at γ={config.cfg.guidances[best]:g})")
+            f"γ={g:g}: {m:.3g}" for g, m in zip(gammas, means)) + f" (highest at γ={gammas[best]:g})")
         keys = [k for k in ("evalenc_prompt", "ssim_sketch", "lpips_like_reference") if k in sw.metric_names]
         res.figures.append(Figure("adherence_gamma", "Prompt adherence and faithfulness over γ", plot_curves(
-            config.cfg.guidances, {k: [summarize(c.metrics[k]) for c in sw.cells] for k in keys}, xlabel="γ",
+            gammas, {k: [summarize(c.metrics[k]) for c in sw.cells] for k in keys}, xlabel="γ",
             ylabels=_LABELS, log_x=True, title=f"CFG sweep at t0 = {config.cfg.strength:g}"),
             "Shaded: 95 % bootstrap intervals over the seeds.", "plot"))
-    else:
-        res.skip("CFG sweep", "time budget spent")
 
     # ---- ControlNets (Figs. 4.4/4.5)
     _controlnets(ctx, config, res, sketch, prompt, base, metrics)
@@ -234,19 +240,17 @@ def _controlnets(ctx: ExperimentContext, config: SketchConfig, res: ExperimentRe
                               image_grid([[conditions[k] for k in nets]], row_labels=["condition"], col_labels=list(nets)),
                               "Substitute preprocessors where the thesis used networks: see condiff.preprocess.",
                               "image"))
-    if not ctx.budget.allows():
-        res.skip("ControlNet sweep", "time budget spent")
-        return
-
     def adherence(images: Tensor, params: dict) -> Tensor | None:
         kind = params["control_type"]
         return adherence_scores(kind, images, conditions[kind], sketch)
 
     render = pipeline_renderer(model, "control", image=sketch, images_per_cell=config.run.images_per_cell,
                                controlnets=nets, show_progress=ctx.show_progress)
-    sw = run_sweep(render, [Axis("control_type", list(nets))],
-                   {**base, "guidance": config.controlnet.guidance, "control_scale": config.controlnet.scale},
-                   {"adherence": adherence, **metrics}, show_progress=ctx.show_progress, desc="ControlNet")
+    sw = _budgeted_sweep(ctx, res, "ControlNet sweep", render, [Axis("control_type", list(nets))],
+                         {**base, "guidance": config.controlnet.guidance, "control_scale": config.controlnet.scale},
+                         {"adherence": adherence, **metrics})
+    if sw is None:
+        return
     res.figures.append(Figure("controlnet_grid", "One ControlNet per condition type (Fig. 4.5)", sw.grids()[0],
                               "Rows: condition type; columns: seeds. Text-to-image from noise under the condition.", "grid"))
     table = sw.table("controlnet", "ControlNet: condition adherence per type", ctx.evalenc_name)
@@ -268,5 +272,6 @@ def _controlnets(ctx: ExperimentContext, config: SketchConfig, res: ExperimentRe
     if ctx.evalenc is not None:
         panels[_LABELS["evalenc_prompt"]] = [summarize(c.metrics["evalenc_prompt"]) for c in sw.cells]
     res.figures.append(Figure("controlnet_adherence", "ControlNet adherence per condition type", plot_bars(
-        [f"{k}\n({ADHERENCE_METRIC[k]})" for k in nets], panels, title="ControlNets on the sketch"),
+        [f"{c.params['control_type']}\n({ADHERENCE_METRIC[c.params['control_type']]})" for c in sw.cells], panels,
+        title="ControlNets on the sketch"),
         "Adherence: the condition re-extracted from the result vs. the input condition.", "plot"))

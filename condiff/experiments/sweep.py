@@ -134,6 +134,8 @@ class SweepCell:
 
 @dataclass
 class SweepResult:
+    """The rendered cells in order (X fastest); when a time budget ran out, only the first ones."""
+
     axes: list[Axis]
     base: dict[str, Any]
     cells: list[SweepCell]
@@ -144,9 +146,27 @@ class SweepResult:
         sizes = [len(a) for a in self.axes] + [1] * (MAX_AXES - len(self.axes))
         return sizes[0], sizes[1], sizes[2]
 
-    def cell(self, x: int, y: int = 0, z: int = 0) -> SweepCell:
+    @property
+    def total(self) -> int:
+        nx, ny, nz = self.shape
+        return nx * ny * nz
+
+    @property
+    def complete(self) -> bool:
+        return len(self.cells) == self.total
+
+    def cell(self, x: int, y: int = 0, z: int = 0) -> SweepCell | None:
+        """The cell at (x, y, z), or None if it was not rendered (time budget)."""
         nx, ny, _ = self.shape
-        return self.cells[(z * ny + y) * nx + x]
+        k = (z * ny + y) * nx + x
+        return self.cells[k] if k < len(self.cells) else None
+
+    def _images(self, x: int, y: int = 0, z: int = 0) -> Tensor:
+        c = self.cell(x, y, z)
+        if c is not None:
+            return c.images
+        ref = self.cells[0].images
+        return torch.full_like(ref, 0.85)  # light grey: not rendered
 
     @property
     def metric_names(self) -> list[str]:
@@ -155,17 +175,21 @@ class SweepResult:
     def grids(self, title: str | None = None) -> list[Image.Image]:
         """One labelled grid per Z value. With a single axis its values run down the rows and the
         images of a cell across the columns (labelled by seed)."""
+        if not self.cells:
+            raise ValueError("no cell of this sweep was rendered (time budget spent before the first)")
         nx, ny, nz = self.shape
         out = []
         for z in range(nz):
             ztitle = " · ".join(filter(None, [title, self.axes[2].labels()[z] if len(self.axes) > 2 else None]))
             if len(self.axes) == 1:
-                cells = [[self.cell(x).images[i:i + 1] for i in range(self.cell(x).images.shape[0])] for x in range(nx)]
-                seeds = _cell_seeds(self.cell(0))
-                out.append(image_grid(cells, row_labels=self.axes[0].labels(),
-                                      col_labels=[f"seed {s}" for s in seeds], title=ztitle or None))
+                rows = [self._images(x) for x in range(nx)]
+                cells = [[im[i:i + 1] for i in range(im.shape[0])] for im in rows]
+                seeds = _cell_seeds(self.cells[0])
+                labels = [lb if self.cell(x) is not None else f"{lb} (skipped)" for x, lb in enumerate(self.axes[0].labels())]
+                out.append(image_grid(cells, row_labels=labels, col_labels=[f"seed {s}" for s in seeds],
+                                      title=ztitle or None))
             else:
-                cells = [[self.cell(x, y, z).images for x in range(nx)] for y in range(ny)]
+                cells = [[self._images(x, y, z) for x in range(nx)] for y in range(ny)]
                 out.append(image_grid(cells, row_labels=self.axes[1].labels(), col_labels=self.axes[0].labels(),
                                       title=ztitle or None))
         return out
@@ -214,8 +238,12 @@ def _check_axes(axes: Sequence[Axis]) -> list[Axis]:
 
 def run_sweep(render: Callable[[dict[str, Any]], Tensor], axes: Sequence[Axis], base: Mapping[str, Any] | None = None,
               metrics: Mapping[str, Callable[[Tensor, dict[str, Any]], Tensor]] | None = None, *,
-              show_progress: bool = False, desc: str = "sweep") -> SweepResult:
-    """Render every combination of the axes' values (X fastest) and measure it."""
+              show_progress: bool = False, desc: str = "sweep", budget=None) -> SweepResult:
+    """Render every combination of the axes' values (X fastest) and measure it.
+
+    ``budget`` (a :class:`condiff.experiments.context.Budget`): no new cell starts once it is
+    spent; the result then holds the cells rendered so far (``complete`` is False).
+    """
     axes = _check_axes(axes)
     base = dict(base or {})
     clash = [a.name for a in axes if a.name in base]
@@ -226,6 +254,8 @@ def run_sweep(render: Callable[[dict[str, Any]], Tensor], axes: Sequence[Axis], 
 
     cells = []
     for idx in tqdm(combos, desc=desc, disable=not show_progress, leave=False):
+        if budget is not None and not budget.allows():
+            break
         pos = tuple(reversed(idx)) + (0,) * (MAX_AXES - len(axes))
         params = dict(base)
         params.update({a.name: a.values[i] for a, i in zip(axes, pos)})
