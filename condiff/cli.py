@@ -55,6 +55,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from .models.registry import configure_cpu
+
+    configure_cpu()
     _register_commands()
     try:
         app()

@@ -61,3 +61,13 @@ def test_inpaint_cli_exact_outside_mask(tmp_path):
     assert res.exit_code == 0, res.output
     got = np.asarray(Image.open(out))
     assert np.array_equal(got[m == 0], arr[m == 0])
+
+
+def test_classifier_guidance_option(tmp_path):
+    out = tmp_path / "g.png"
+    res = invoke("generate", "a heart", "--steps", 2, "--classifier-guidance", "twemoji:2", "--out", out, "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert read_png_parameters(out)["classifier_guidance"] == {"style": "twemoji", "scale": 2.0}
+    res = invoke("generate", "a heart", "--steps", 2, "--classifier-guidance", "cubism", "--out", tmp_path / "h.png",
+                 "--no-progress")
+    assert res.exit_code != 0 and "unknown style" in str(res.exception)

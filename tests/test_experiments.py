@@ -186,6 +186,31 @@ def test_sweep_grid_shape_order_labels_and_table():
         image_grid([[c.images]], row_labels=["a", "b"], col_labels=["c"])
 
 
+class _Allow:
+    """A budget that allows ``k`` more cells."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def allows(self):
+        self.k -= 1
+        return self.k >= 0
+
+
+def test_sweep_stops_when_the_budget_is_spent_and_greys_out_missing_cells():
+    axes = [Axis("guidance", (1, 5, 9)), Axis("steps", (2, 8))]
+    sw = run_sweep(_flat_render, axes, {"prompt": "x"}, budget=_Allow(4))
+    assert len(sw.cells) == 4 and sw.total == 6 and not sw.complete
+    assert sw.cell(0, 1).params["steps"] == 8 and sw.cell(1, 1) is None
+    grid = np.asarray(sw.grids()[0])
+    assert np.abs(grid[-8, -8].astype(int) - 217).max() <= 1  # the last cell: light grey placeholder
+    assert len(sw.table("t", "t").rows) == 4
+    one = run_sweep(_flat_render, [Axis("steps", (2, 8))], {"prompt": "x", "guidance": 1.0}, budget=_Allow(1))
+    assert len(one.cells) == 1 and one.grids()[0].size[1] > 2 * 96  # both rows drawn, the second labelled skipped
+    with pytest.raises(ValueError, match="no cell"):
+        run_sweep(_flat_render, axes, {"prompt": "x"}, budget=_Allow(0)).grids()
+
+
 def test_axis_parsing_and_sweep_errors_are_clear():
     assert parse_axis("steps=10:50:10").values == (10, 20, 30, 40, 50)
     assert parse_axis("guidance=1, 2.5,5").values == (1.0, 2.5, 5.0)

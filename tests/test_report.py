@@ -36,6 +36,11 @@ def test_budget_allows_until_spent():
     assert not b.allows() and b.left() < 0
     with pytest.raises(ValueError, match="positive"):
         Budget(0)
+    whole = Budget(100.0)
+    half = whole.share(0.5)
+    assert half.start == whole.start and 49.0 < half.left() <= 50.0 and Budget(None).share(0.3).seconds is None
+    with pytest.raises(ValueError, match="fraction"):
+        whole.share(1.5)
 
 
 class _Collect(HTMLParser):

@@ -38,6 +38,26 @@ def personalize(model, loras: list[str], embeddings: list[Path]):
     return applied
 
 
+def classifier_guided(model, spec: str):
+    """``STYLE[:SCALE]`` -> the model's denoiser wrapped in classifier guidance with the built-in classifier."""
+    from ..guidance import ClassifierGuidance
+    from ..models.registry import load_component
+    from ..nn.classifier import NoisyClassifierGuide
+
+    name, _, scale = spec.partition(":")
+    clf, conf = load_component("classifier", device=model.device)
+    labels = conf.get("labels", [])
+    if name not in labels:
+        raise ValueError(f"unknown style {name!r} for classifier guidance; choose one of {', '.join(labels)}")
+    try:
+        gamma = float(scale) if scale else 1.0
+    except ValueError:
+        raise ValueError(f"classifier-guidance scale {scale!r} is not a number") from None
+    guide = NoisyClassifierGuide(clf, model.schedule)
+    base = ClassifierGuidance(model.denoiser(), guide, gamma, labels=labels.index(name))
+    return base, {"style": name, "scale": gamma}
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -60,6 +60,7 @@ def run(
     train: bool = typer.Option(False, "--train", help="Train personalization methods that have no cached result."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results (default $CONDIFF_CACHE or ~/.cache/condiff)."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Time budget in seconds; later parts are skipped (and reported)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: torch's; numbers are bit-identical per thread count)."),
     overwrite: bool = C.OVERWRITE_OPT,
     progress: bool = C.PROGRESS_OPT,
 ) -> None:
@@ -70,7 +71,7 @@ def run(
     _check_out(out, overwrite)
     res = run_experiments(order, model=model, device=C.resolve_device(device), out=out, quick=quick,
                           configs=_configs(config), seed=seed, budget_s=budget, train=train, cache_dir=cache,
-                          controlnets=_pairs(controlnet, "--controlnet", "TYPE=PATH"), show_progress=progress,
+                          controlnets=_pairs(controlnet, "--controlnet", "TYPE=PATH"), threads=threads, show_progress=progress,
                           command="condiff experiment run " + " ".join(order))
     _done(res)
 
@@ -80,13 +81,14 @@ def demo(
     device: str = C.DEVICE_OPT,
     train: bool = typer.Option(False, "--train", help="Train the personalization methods (tiny runs) if no cached results exist."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: 1, robust on a shared machine)."),
     progress: bool = C.PROGRESS_OPT,
 ) -> None:
     """All three experiments, reduced, on the built-in models (≤ 5 min on a 2-core CPU) -> report.html."""
     from ..experiments.runner import run_demo
 
     res = run_demo(out, device=C.resolve_device(device), train=train, cache_dir=cache, show_progress=progress,
-                   command="condiff demo")
+                   threads=threads, command="condiff demo")
     _done(res)
 
 
@@ -103,6 +105,7 @@ def sweep(
     images: int = typer.Option(2, "--images", help="Images per cell (seeds seed, seed+1, …)."),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("sweep-out"), "--out", "-o", help="Folder for the grids, table and report."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: torch's)."),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT,
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
 ) -> None:
@@ -112,5 +115,5 @@ def sweep(
     _check_out(out, overwrite)
     axes = [a for a in (x, y, z) if a]
     res = run_adhoc_sweep(pipeline, prompt, axes, fixed, image=image, mask=mask, lora=lora, images=images, seed=seed,
-                        out=out, model=model, device=C.resolve_device(device), show_progress=progress)
+                        out=out, model=model, device=C.resolve_device(device), threads=threads, show_progress=progress)
     _done(res)

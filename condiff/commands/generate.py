@@ -25,6 +25,8 @@ def generate(
     batch: int = typer.Option(1, "--batch", help="Number of images."),
     out: Path = typer.Option(Path("condiff-out.png"), "--out", "-o", help="Output PNG (parameters stored inside)."),
     lora: list[str] = C.LORA_OPT, embedding: list[Path] = C.EMBEDDING_OPT,
+    style_guidance: str = typer.Option(None, "--classifier-guidance", help="STYLE[:SCALE]: classifier guidance "
+                                       "(thesis eq. 3.4) towards a style with the built-in noisy classifier."),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
 ) -> None:
@@ -34,8 +36,12 @@ def generate(
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
     applied = C.personalize(m, lora, embedding)
+    base = None
+    if style_guidance:
+        base, info = C.classifier_guided(m, style_guidance)
+        applied["classifier_guidance"] = info
     res = run(m, prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
-              batch_size=batch, show_progress=progress)
+              batch_size=batch, show_progress=progress, base=base)
     res.params.update(applied)
     C.save_result(res, out, overwrite)
 

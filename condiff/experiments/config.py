@@ -33,12 +33,16 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the 'tomli' packa
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
-    "RECIPES_DIR", "EXPERIMENT_NAMES", "RunSettings", "SketchConfig", "InpaintingConfig", "PersonalizationConfig",
-    "config_class", "config_from_dict", "load_config", "recipe_path",
+    "RECIPES_DIR", "EXPERIMENT_NAMES", "EXPERIMENT_TITLES", "RunSettings", "SketchConfig", "InpaintingConfig",
+    "PersonalizationConfig",
+    "config_class", "config_from_dict", "load_config", "recipe_path", "to_dict",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes" / "experiments"
 EXPERIMENT_NAMES = ("sketch", "inpainting", "personalization")
+EXPERIMENT_TITLES = {"sketch": "Experiment 1: sketch → image (thesis §4.2)",
+                     "inpainting": "Experiment 2: inpainting across architectures (thesis §4.3)",
+                     "personalization": "Experiment 3: personalization (thesis §4.4)"}
 CONTROL_TYPES = ("canny", "depth", "normal", "pose", "lineart", "softedge")
 ARCHITECTURES = ("ldm-inpaint", "ldm-blend", "cascade", "unclip")
 METHODS = ("dreambooth", "lora", "textual_inversion")

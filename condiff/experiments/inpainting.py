@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..compositing import resize_mask
 from ..metrics.image import psnr, seam_error
-from .config import InpaintingConfig, to_dict
+from .config import EXPERIMENT_TITLES, InpaintingConfig, to_dict
 from .context import ExperimentContext, ExperimentResult, Figure, Table, fmt_summary, summarize, to_model_size
 from .report import COLUMN_LABELS, plot_bars
 from .sweep import image_grid
@@ -110,13 +110,26 @@ def _round_trip_section(ctx: ExperimentContext, tasks, res: ExperimentResult) ->
     res.metrics["autoencoder_round_trip"] = {r["task"]: {k: v for k, v in r.items() if k != "task"} for r in rows}
 
 
+def _with_seams(comp, tasks, pictures: dict) -> list[dict[str, Any]]:
+    """The comparison's rows plus the seam the composite adds and whether it is exact outside the mask."""
+    rows = []
+    for row in comp.rows:
+        task = next(t for t in tasks if t.name == row["task"])
+        raw, composite = comp.images[(row["architecture"], row["task"])]
+        pictures.setdefault((row["architecture"], row["task"]), []).append((raw, composite))
+        row["seam_added"] = float(seam_error(composite, task.mask) - seam_error(task.image, task.mask))
+        row["outside_exact"] = row["psnr_outside_composite"] == float("inf")
+        rows.append(row)
+    return rows
+
+
 def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> ExperimentResult:
     """Run experiment 2 (see the module doc)."""
     from .architectures import Evaluator, experiment2_tasks, run_comparison
 
     t_start = time.perf_counter()
     run = config.run
-    res = ExperimentResult("inpainting", "Experiment 2: inpainting across architectures (thesis §4.3)", to_dict(config),
+    res = ExperimentResult("inpainting", EXPERIMENT_TITLES["inpainting"], to_dict(config),
                            seeds=run.seeds)
     tasks = experiment2_tasks()
     res.figures.append(Figure("inputs", "Tasks: pictures and masks (Figs. 4.6/4.7)", image_grid(
@@ -138,19 +151,17 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
         res.skip("evalenc metrics", "no evaluation encoder: prompt scores inside the mask are not measured")
     rows: list[dict[str, Any]] = []
     pictures: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}
+    not_run = []
     for seed in run.seeds:
-        if not ctx.budget.allows():
-            res.skip(f"seeds from {seed} on", "time budget spent")
-            break
-        comp = run_comparison(archs, tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
-        for row in comp.rows:
-            task = next(t for t in tasks if t.name == row["task"])
-            raw, composite = comp.images[(row["architecture"], row["task"])]
-            pictures.setdefault((row["architecture"], row["task"]), []).append((raw, composite))
-            m = task.mask
-            row["seam_added"] = float(seam_error(composite, m) - seam_error(task.image, m))
-            row["outside_exact"] = row["psnr_outside_composite"] == float("inf")
-            rows.append(row)
+        for arch in archs:
+            if not ctx.budget.allows():
+                not_run.append(f"{arch.name}/seed {seed}")
+                continue
+            comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
+            rows += _with_seams(comp, tasks, pictures)
+    if not_run:
+        res.skip(f"{len(not_run)} of {len(archs) * len(run.seeds)} architecture × seed runs",
+                 "time budget spent: " + ", ".join(not_run))
     if not rows:
         res.wall_s = time.perf_counter() - t_start
         return res

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ..io import atomic_path
 from ..metrics.perceptual import filter_bank_distance
-from .config import PersonalizationConfig, to_dict
+from .config import EXPERIMENT_TITLES, PersonalizationConfig, to_dict
 from .context import (ExperimentContext, ExperimentResult, Figure, Table, as_unit_batch, fmt_summary, summarize,
                       to_model_size)
 from .report import COLUMN_LABELS, plot_bars
@@ -216,11 +216,45 @@ def _nearest_lpips(images: Tensor, subject: Tensor) -> Tensor:
     return d.min(1).values
 
 
+def _evaluate_variant(ctx: ExperimentContext, config: PersonalizationConfig, name: str, model, inputs: dict[str, Any],
+                      base_class: Tensor | None) -> tuple[dict[str, list[float]], list[dict], list[Tensor], dict]:
+    """Render the prompts and the class prompt with one variant and measure them (see the module doc).
+
+    Returns (per-image values pooled over prompts, per-prompt table rows, the rendered rows with the
+    class prompt last, per-prompt metric summaries). ``base_class``: the base model's class-prompt
+    pictures (None for the base model itself), against which drift is measured.
+    """
+    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
+    token = config.textual_inversion.token
+    values: dict[str, list[float]] = {}
+    rows, images, per_prompt = [], [], {}
+    for p in inputs["prompts"]:
+        shown = _method_prompt(name, p, ident, noun, token)
+        imgs = _render(model, shown, config, ctx.show_progress)
+        images.append(imgs)
+        m = {"lpips_like_subject": _nearest_lpips(imgs, subject)}
+        if ctx.evalenc is not None:
+            m["subject_fidelity"] = ctx.evalenc.image_similarity(imgs, subject)
+            m["prompt_fidelity"] = ctx.evalenc.prompt_scores(imgs, _without_identifier(p, ident))
+        per_prompt[p] = {k: summarize(v) for k, v in m.items()}
+        rows.append({"variant": name, "prompt": shown, **per_prompt[p]})
+        for k, v in m.items():
+            values.setdefault(k, []).extend(v.tolist())
+    class_imgs = _render(model, f"a portrait of a {noun}", config, ctx.show_progress)
+    images.append(class_imgs)
+    if base_class is not None:
+        values["class_drift_lpips_like"] = filter_bank_distance(class_imgs, base_class).tolist()
+        if ctx.evalenc is not None:
+            a, b = ctx.evalenc.embed_images(class_imgs), ctx.evalenc.embed_images(base_class)
+            values["class_drift"] = (100.0 * (1 - (a * b).sum(1))).tolist()
+    return values, rows, images, {"prompts": per_prompt}
+
+
 def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -> ExperimentResult:
     """Run experiment 3 (see the module doc)."""
     t_start = time.perf_counter()
     run = config.run
-    res = ExperimentResult("personalization", "Experiment 3: personalization (thesis §4.4)", to_dict(config),
+    res = ExperimentResult("personalization", EXPERIMENT_TITLES["personalization"], to_dict(config),
                            seeds=run.seeds)
     inputs = subject_inputs(ctx.model.image_size)
     ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
@@ -246,40 +280,18 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             res.skip(METHOD_TITLES[method], f"the {found.source} result in {found.folder} does not fit this model: {err}")
     if ctx.evalenc is None:
         res.skip("evalenc metrics", "no evaluation encoder: subject/prompt fidelity and drift in evalenc space not measured")
-    class_prompt = f"a portrait of a {noun}"
-    prompts = inputs["prompts"]
-    token = config.textual_inversion.token
+    prompts, token = inputs["prompts"], config.textual_inversion.token
     per_prompt, per_method, grids, base_class = [], [], [], None
     metrics: dict[str, Any] = {}
     for name, model, found in variants:
         if not ctx.budget.allows():
             res.skip(f"{name} evaluation", "time budget spent")
             continue
-        values: dict[str, list[float]] = {}
-        row_imgs = []
-        metrics[name] = {"prompts": {}}
-        for p in prompts:
-            imgs = _render(model, _method_prompt(name, p, ident, noun, token), config, ctx.show_progress)
-            row_imgs.append(imgs)
-            m = {"lpips_like_subject": _nearest_lpips(imgs, subject)}
-            if ctx.evalenc is not None:
-                m["subject_fidelity"] = ctx.evalenc.image_similarity(imgs, subject)
-                m["prompt_fidelity"] = ctx.evalenc.prompt_scores(imgs, _without_identifier(p, ident))
-            metrics[name]["prompts"][p] = {k: summarize(v) for k, v in m.items()}
-            per_prompt.append({"variant": name, "prompt": _method_prompt(name, p, ident, noun, token),
-                               **metrics[name]["prompts"][p]})
-            for k, v in m.items():
-                values.setdefault(k, []).extend(v.tolist())
-        class_imgs = _render(model, class_prompt, config, ctx.show_progress)
+        values, rows, images, metrics[name] = _evaluate_variant(ctx, config, name, model, inputs, base_class)
         if base_class is None:
-            base_class = class_imgs
-        else:
-            values["class_drift_lpips_like"] = filter_bank_distance(class_imgs, base_class).tolist()
-            if ctx.evalenc is not None:
-                a, b = ctx.evalenc.embed_images(class_imgs), ctx.evalenc.embed_images(base_class)
-                values["class_drift"] = (100.0 * (1 - (a * b).sum(1))).tolist()
-        row_imgs.append(class_imgs)
-        grids.append((name, row_imgs))
+            base_class = images[-1]
+        per_prompt += rows
+        grids.append((name, images))
         summary = {k: summarize(v) for k, v in values.items()}
         metrics[name].update(summary)
         entry = {"variant": name, "method": METHOD_TITLES.get(name, "base model (no personalization)"),
@@ -292,7 +304,7 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             res.measurements[name] = {k: rec.get(k) for k in ("seconds", "peak_mib", "memory_method", "device", "trained_at")}
         per_method.append(entry)
     if grids:
-        cols = [_method_prompt("x", p, ident, noun, token) for p in prompts] + [f"{class_prompt} (drift check)"]
+        cols = list(prompts) + [f"a portrait of a {noun} (drift check)"]
         res.figures.append(Figure("results_grid", "Base model and each method × the prompts (Figs. 4.18–4.20)", image_grid(
             [imgs for _, imgs in grids], row_labels=[METHOD_TITLES.get(n, "base") for n, _ in grids], col_labels=cols),
             f"Each cell: seeds {', '.join(map(str, run.seeds))}. Textual inversion writes '{token}' for "

@@ -23,11 +23,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .config import EXPERIMENT_NAMES, load_config
+from .config import EXPERIMENT_NAMES, EXPERIMENT_TITLES, load_config
 from .context import Budget, EvalEncoder, ExperimentContext, ExperimentResult
 from .report import run_info, write_report
 
-__all__ = ["EXPERIMENTS", "DEMO_BUDGET_S", "RunOutput", "resolve_names", "default_cache_dir", "load_experiment_model",
+__all__ = ["EXPERIMENTS", "DEMO_BUDGET_S", "BUDGET_WEIGHTS", "DEMO_CPU_THREADS", "choose_threads", "RunOutput",
+           "resolve_names", "default_cache_dir", "load_experiment_model",
            "load_evaluation_encoder", "run_experiments", "run_demo", "run_adhoc_sweep"]
 
 #: ``condiff demo`` must end within 5 minutes on the 2-core CPU; the budget leaves room for loading and writing.
@@ -49,6 +50,34 @@ def _runner(name: str) -> Callable[[ExperimentContext, Any], ExperimentResult]:
 
 
 EXPERIMENTS = EXPERIMENT_NAMES
+
+
+#: Shares of a time budget, in the thesis's order: each experiment's deadline is the running sum.
+BUDGET_WEIGHTS = {"sketch": 0.5, "inpainting": 0.3, "personalization": 0.2}
+
+
+def choose_threads(requested: int | None = None) -> int:
+    """Torch threads for the run: ``requested``, else torch's current setting.
+
+    The thread count changes float summation order in matrix products (differences ~1e-7 seen in
+    evalenc scores between 1 and 2 threads), so numbers are bit-identical for the same seed,
+    device *and* thread count; the count is recorded in results.json.
+    """
+    if requested is None:
+        return torch.get_num_threads()
+    if requested < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {requested}")
+    return int(requested)
+
+
+@contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextmanager
@@ -116,6 +145,7 @@ def run_experiments(
     evalenc: EvalEncoder | None | str = "auto",
     controlnets: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    threads: int | None = None,
     command: str | None = None,
     title: str = "condiff experiments",
 ) -> RunOutput:
@@ -123,7 +153,9 @@ def run_experiments(
 
     ``model``: a name/path for :func:`load_experiment_model` or a LatentDiffusion; ``configs``: a
     TOML path per experiment (default: its recipe); ``seed`` overrides every config's seed;
-    ``evalenc``: "auto" (the built-in one if present, else none, reported), an encoder, or None.
+    ``evalenc``: "auto" (the built-in one if present, else none, reported), an encoder, or None;
+    ``budget_s``: seconds for the whole run, shared out by :data:`BUDGET_WEIGHTS`; ``threads``: torch
+    threads during the run (default: unchanged; see :func:`choose_threads`).
     """
     order = resolve_names(names)
     configs = dict(configs or {})
@@ -138,7 +170,9 @@ def run_experiments(
         for cfg in loaded.values():
             cfg.run.seed = int(seed)
     t0 = time.perf_counter()
+    n_threads = choose_threads(threads)
     info = run_info(dev, command)
+    info["torch_threads"] = n_threads
     budget = Budget(budget_s)
     lm = load_experiment_model(model, dev) if isinstance(model, (str, Path)) else model
     notes = []
@@ -156,11 +190,14 @@ def run_experiments(
     results = []
     from tqdm.auto import tqdm
 
-    with _deterministic(dev):
-        for name in tqdm(order, desc="experiments", disable=not show_progress):
-            if not budget.allows():
-                r = ExperimentResult(name, f"Experiment {name}", {}, [])
-                r.skip(name, f"time budget of {budget_s:g} s spent before it started")
+    weights = [BUDGET_WEIGHTS[n] for n in order]
+    deadlines = [sum(weights[:i + 1]) / sum(weights) for i in range(len(order))]
+    with _deterministic(dev), _threads(n_threads):
+        for name, share in tqdm(list(zip(order, deadlines)), desc="experiments", disable=not show_progress):
+            ctx.budget = budget.share(min(1.0, share))
+            if not ctx.budget.allows():
+                r = ExperimentResult(name, EXPERIMENT_TITLES[name], {}, [])
+                r.skip(name, f"time budget ({share:.0%} of {budget_s:g} s by its end) spent before it started")
                 results.append(r)
                 continue
             r = _runner(name)(ctx, loaded[name])
@@ -175,12 +212,21 @@ def run_experiments(
     return RunOutput(results, report, results_json, info)
 
 
+#: Threads of ``condiff demo`` on a CPU. One thread gives the same numbers whatever the machine's
+#: load; two spinning OpenMP threads on a 2-core machine shared with other jobs ran 10–18× slower
+#: than one (49–90 s vs. 5 s for the same three SDEdit cells at load ≈ 4).
+DEMO_CPU_THREADS = 1
+
+
 def run_demo(out: str | Path = "demo-out", *, device: str | torch.device = "cpu", train: bool = False,
-             budget_s: float | None = DEMO_BUDGET_S, show_progress: bool = True, **kwargs) -> RunOutput:
+             budget_s: float | None = DEMO_BUDGET_S, show_progress: bool = True, threads: int | None = None,
+             **kwargs) -> RunOutput:
     """``condiff demo``: the three experiments, reduced, on the built-in models (see the module doc)."""
+    if threads is None and torch.device(device).type == "cpu":
+        threads = DEMO_CPU_THREADS
     return run_experiments("all", model=kwargs.pop("model", "builtin"), device=device, out=out, quick=True, train=train,
-                           budget_s=budget_s, show_progress=show_progress, title="condiff demo: the thesis's experiments",
-                           **kwargs)
+                           budget_s=budget_s, show_progress=show_progress, threads=threads,
+                           title="condiff demo: the thesis's experiments", **kwargs)
 
 
 def _fixed_params(items: Sequence[str]) -> dict[str, Any]:
@@ -200,7 +246,7 @@ def run_adhoc_sweep(pipeline: str, prompt: str, axes: Sequence[str], fixed: Sequ
                     image: str | Path | None = None, mask: str | Path | None = None, lora: str | Path | None = None,
                     images: int = 2, seed: int = 0, out: str | Path = "sweep-out", model: str | Any = "builtin",
                     device: str | torch.device = "cpu", evalenc: EvalEncoder | None | str = "auto",
-                    show_progress: bool = True) -> RunOutput:
+                    show_progress: bool = True, threads: int | None = None) -> RunOutput:
     """``condiff experiment sweep``: an X/Y/Z grid of ``pipeline`` with metrics, written as a report.
 
     Metrics per image: the evalenc prompt score (when the encoder is present) and, for pipelines
@@ -219,6 +265,7 @@ def run_adhoc_sweep(pipeline: str, prompt: str, axes: Sequence[str], fixed: Sequ
     t0 = time.perf_counter()
     dev = torch.device(device)
     info = run_info(dev, f"condiff experiment sweep {pipeline} {' '.join(axes)}")
+    info["torch_threads"] = choose_threads(threads)
     lm = load_experiment_model(model, dev) if isinstance(model, (str, Path)) else model
     size = (lm.image_size, lm.image_size)
     img = fit_image(load_image(image), size=size) if image is not None else None
@@ -243,7 +290,8 @@ def run_adhoc_sweep(pipeline: str, prompt: str, axes: Sequence[str], fixed: Sequ
     render = pipeline_renderer(lm, pipeline, images_per_cell=images, image=img, mask=msk, lora=net,
                                show_progress=False)
     try:
-        sw = run_sweep(render, parsed, base, metrics, show_progress=show_progress, desc=f"sweep {pipeline}")
+        with _threads(choose_threads(threads)):
+            sw = run_sweep(render, parsed, base, metrics, show_progress=show_progress, desc=f"sweep {pipeline}")
     finally:
         if net is not None:
             net.detach()

@@ -36,7 +36,7 @@ from torch import Tensor
 from ..metrics.adherence import depth_errors, edge_f1, keypoint_scores, normal_angular_error
 from ..metrics.image import ssim
 from ..metrics.perceptual import filter_bank_distance
-from .config import SketchConfig, to_dict
+from .config import EXPERIMENT_TITLES, SketchConfig, to_dict
 from .context import ExperimentContext, ExperimentResult, Figure, as_unit_batch, fmt_summary, summarize, to_model_size
 from .report import plot_bars, plot_curves, plot_tradeoff
 from .sweep import Axis, SweepResult, image_grid, pipeline_renderer, run_sweep
@@ -153,7 +153,7 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
     """Run experiment 1 on ``ctx.model`` (see the module doc)."""
     t_start = time.perf_counter()
     run = config.run
-    res = ExperimentResult("sketch", "Experiment 1: sketch → image (thesis §4.2)", to_dict(config), seeds=run.seeds)
+    res = ExperimentResult("sketch", EXPERIMENT_TITLES["sketch"], to_dict(config), seeds=run.seeds)
     model = ctx.model
     size = model.image_size
     sketch, reference, shipped_prompt = sketch_inputs(size)
@@ -240,6 +240,7 @@ def _controlnets(ctx: ExperimentContext, config: SketchConfig, res: ExperimentRe
                               image_grid([[conditions[k] for k in nets]], row_labels=["condition"], col_labels=list(nets)),
                               "Substitute preprocessors where the thesis used networks: see condiff.preprocess.",
                               "image"))
+
     def adherence(images: Tensor, params: dict) -> Tensor | None:
         kind = params["control_type"]
         return adherence_scores(kind, images, conditions[kind], sketch)
