@@ -42,6 +42,16 @@ def _work_dir(out: Path, work_dir: Optional[Path], resume: bool, overwrite: bool
     return work, ckpt
 
 
+def _prepare(out: Path, work_dir: Optional[Path], resume: bool, overwrite: bool, model: str,
+             device: Optional[str], images: Path) -> tuple[Path, Path, Any, Any]:
+    """Common start of the training commands: (work folder, checkpoint file, model, subject images)."""
+    from condiff.personalize import ImageSet
+
+    work, ckpt = _work_dir(out, work_dir, resume, overwrite)
+    ldm = load_model(model, _device(device))
+    return work, ckpt, ldm, ImageSet.from_folder(images, ldm.image_size)
+
+
 def _report(method: str, out: Path, loop: Any, extra: dict | None = None) -> None:
     last = loop.history[-1] if loop.history else {}
     info = {"method": method, "out": str(out), "bytes": out.stat().st_size, "steps": loop.steps,
@@ -93,11 +103,9 @@ def register(app: typer.Typer) -> None:
         progress: bool = progress_opt,
     ) -> None:
         """DreamBooth: fine-tune the U-Net on "IDENTIFIER CLASS-NOUN" prompts with prior preservation."""
-        from condiff.personalize import DreamBoothConfig, ImageSet, save_finetuned_weights, train_dreambooth
+        from condiff.personalize import DreamBoothConfig, save_finetuned_weights, train_dreambooth
 
-        work, ckpt = _work_dir(out, work_dir, resume, overwrite)
-        ldm = load_model(model, _device(device))
-        subject = ImageSet.from_folder(images, ldm.image_size)
+        work, ckpt, ldm, subject = _prepare(out, work_dir, resume, overwrite, model, device, images)
         cfg = DreamBoothConfig(identifier=token, class_noun=class_noun, steps=steps, lr=lr, seed=seed,
                                prior_weight=prior_weight, prior_preservation=prior_weight > 0,
                                num_class_images=num_class_images, class_steps=class_steps,
@@ -134,11 +142,9 @@ def register(app: typer.Typer) -> None:
         progress: bool = progress_opt,
     ) -> None:
         """LoRA: train low-rank adapters (W0 + BA) on captioned images; save in diffusers or kohya layout."""
-        from condiff.personalize import ImageSet, LoRATrainConfig, build_captions, train_lora
+        from condiff.personalize import LoRATrainConfig, build_captions, train_lora
 
-        _, ckpt = _work_dir(out, work_dir, resume, overwrite)
-        ldm = load_model(model, _device(device))
-        subject = ImageSet.from_folder(images, ldm.image_size)
+        _, ckpt, ldm, subject = _prepare(out, work_dir, resume, overwrite, model, device, images)
         given = json.loads(captions.read_text()) if captions else None
         caps = build_captions(subject.paths, token, captions=given, default=f"a photo of a {class_noun}")
         tgt: dict[str, Any] = {"unet": targets}
@@ -174,11 +180,9 @@ def register(app: typer.Typer) -> None:
         progress: bool = progress_opt,
     ) -> None:
         """Textual inversion: learn new token embedding(s) v*, everything else frozen."""
-        from condiff.personalize import ImageSet, TextualInversionConfig, train_textual_inversion
+        from condiff.personalize import TextualInversionConfig, train_textual_inversion
 
-        _, ckpt = _work_dir(out, work_dir, resume, overwrite)
-        ldm = load_model(model, _device(device))
-        subject = ImageSet.from_folder(images, ldm.image_size)
+        _, ckpt, ldm, subject = _prepare(out, work_dir, resume, overwrite, model, device, images)
         cfg = TextualInversionConfig(token=token, initializer=initializer or class_noun, num_vectors=num_vectors,
                                      learnable=learnable, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                                      checkpoint_every=checkpoint_every, progress=progress)

@@ -51,6 +51,22 @@ def ancestral_step_sizes(sigma: float, sigma_next: float, eta: float = 1.0) -> t
     return math.sqrt(max(sigma_next**2 - up**2, 0.0)), up
 
 
+def _ancestral_loop(denoiser, x: Tensor, s: list, cond, noise, callback, sizes) -> Tensor:
+    """Shared step loop of DDPM/DDIM: x ← x̂0 + c·(x - x̂0) + std·z, with (c, std) = sizes(σ, σ_next).
+
+    Noise is drawn only where std > 0.
+    """
+    for i in range(len(s) - 1):
+        sigma, sigma_next = s[i], s[i + 1]
+        denoised = denoiser(x, sigma_vector(sigma, x), cond)
+        ratio, std = sizes(sigma, sigma_next)
+        x = denoised + ratio * (x - denoised)
+        if std > 0:
+            x = x + std * noise.randn_like(x)
+        report_step(callback, i, x, sigma, sigma_next, denoised)
+    return x
+
+
 @register_sampler(
     "ddpm", stochastic=True, default_steps=100, default_schedule="auto",
     description="DDPM ancestral sampling (Ho et al. 2020, thesis eq. 2.14), posterior step in σ-space",
@@ -74,19 +90,18 @@ def sample_ddpm(
     noise = require_noise(noise, x, "ddpm")
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
-        denoised = denoiser(x, sigma_vector(sigma, x), cond)
-        x = denoised + (sigma_next**2 / sigma**2) * (x - denoised)
-        if sigma_next > 0:
-            gap = sigma**2 - sigma_next**2
-            if variance == "posterior":
-                var = sigma_next**2 * gap / sigma**2
-            else:
-                var = (1 + sigma_next**2) * gap / (1 + sigma**2)
-            x = x + math.sqrt(var) * noise.randn_like(x)
-        report_step(callback, i, x, sigma, sigma_next, denoised)
-    return x
+
+    def sizes(sigma: float, sigma_next: float) -> tuple[float, float]:
+        if sigma_next == 0:
+            return sigma_next**2 / sigma**2, 0.0
+        gap = sigma**2 - sigma_next**2
+        if variance == "posterior":
+            var = sigma_next**2 * gap / sigma**2
+        else:
+            var = (1 + sigma_next**2) * gap / (1 + sigma**2)
+        return sigma_next**2 / sigma**2, math.sqrt(var)
+
+    return _ancestral_loop(denoiser, x, s, cond, noise, callback, sizes)
 
 
 @register_sampler(
@@ -109,15 +124,12 @@ def sample_ddim(
         raise ValueError(f"eta must be ≥ 0, got {eta}")
     if eta > 0:
         noise = require_noise(noise, x, f"ddim(eta={eta})")
-    for i in range(len(s) - 1):
-        sigma, sigma_next = s[i], s[i + 1]
-        denoised = denoiser(x, sigma_vector(sigma, x), cond)
+
+    def sizes(sigma: float, sigma_next: float) -> tuple[float, float]:
         down, up = ancestral_step_sizes(sigma, sigma_next, eta)
-        x = denoised + (down / sigma) * (x - denoised)
-        if up > 0:
-            x = x + up * noise.randn_like(x)
-        report_step(callback, i, x, sigma, sigma_next, denoised)
-    return x
+        return down / sigma, up
+
+    return _ancestral_loop(denoiser, x, s, cond, noise, callback, sizes)
 
 
 @register_sampler(

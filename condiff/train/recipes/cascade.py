@@ -226,24 +226,29 @@ def _base_metrics(ctx, unet: UNet, schedule: DiscreteSchedule) -> dict:
             "held-out prompts": len(prompts)}
 
 
-def stage_cascade_base(ctx) -> None:
+def _train_cascade_stage(ctx, name: str, cfg, objective_cls, metrics_fn, extra: dict, title: str,
+                         summary: str) -> None:
+    """Shared body of the two cascade stages: warm start, fit, measure, export."""
     from .job import text_banks
 
-    cfg = cascade_base_config()
     unet = UNet(cfg)
-    warm_start(ctx, "cascade-base", unet)
+    warm_start(ctx, name, unet)
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
     den = pixel_denoiser(unet, schedule, "v")
     text = text_banks(ctx)
-    info = fit_stage(ctx, "cascade-base", den, BaseObjective(den, schedule, text["empty"]), _data(ctx, text))
-    metrics = _base_metrics(ctx, unet, schedule)
-    ctx.log["cascade-base"] = {**info, **metrics}
-    export_component(unet, ctx.weights / "cascade-base", kind="unet", network_config=cfg.to_dict(),
-                     extra=_extra(image_size=64, default_guidance=4.0, default_steps=25),
-                     card=_card(ctx, "cascade-base", info, count_parameters(unet), metrics,
-                                "Built-in cascade, stage 1: 64×64 pixel text-to-image U-Net",
-                                "v-prediction, cosine schedule, MiniLM cross-attention, 10 % caption dropout, EMA "
-                                "(thesis 3.2.2; the DeepFloyd IF stage-1 stand-in)."))
+    info = fit_stage(ctx, name, den, objective_cls(den, schedule, text["empty"]), _data(ctx, text))
+    metrics = metrics_fn(ctx, unet, schedule)
+    ctx.log[name] = {**info, **metrics}
+    export_component(unet, ctx.weights / name, kind="unet", network_config=cfg.to_dict(), extra=extra,
+                     card=_card(ctx, name, info, count_parameters(unet), metrics, title, summary))
+
+
+def stage_cascade_base(ctx) -> None:
+    _train_cascade_stage(ctx, "cascade-base", cascade_base_config(), BaseObjective, _base_metrics,
+                         _extra(image_size=64, default_guidance=4.0, default_steps=25),
+                         "Built-in cascade, stage 1: 64×64 pixel text-to-image U-Net",
+                         "v-prediction, cosine schedule, MiniLM cross-attention, 10 % caption dropout, EMA "
+                         "(thesis 3.2.2; the DeepFloyd IF stage-1 stand-in).")
 
 
 @torch.no_grad()
@@ -270,22 +275,10 @@ def _sr_metrics(ctx, unet: UNet, schedule: DiscreteSchedule) -> dict:
 
 
 def stage_cascade_sr(ctx) -> None:
-    from .job import text_banks
-
-    cfg = cascade_sr_config()
-    unet = UNet(cfg)
-    warm_start(ctx, "cascade-sr", unet)
-    schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
-    den = pixel_denoiser(unet, schedule, "v")
-    text = text_banks(ctx)
-    info = fit_stage(ctx, "cascade-sr", den, SRObjective(den, schedule, text["empty"]), _data(ctx, text))
-    metrics = _sr_metrics(ctx, unet, schedule)
-    ctx.log["cascade-sr"] = {**info, **metrics}
-    export_component(unet, ctx.weights / "cascade-sr", kind="unet", network_config=cfg.to_dict(),
-                     extra=_extra(image_size=128, low_res_size=64, sr_factor=2, default_noise_level=0.1,
-                                  augmentation="gamma(s)=cos^2(pi s/2), label s*1000, s~U(0,1) in training"),
-                     card=_card(ctx, "cascade-sr", info, count_parameters(unet), metrics,
-                                "Built-in cascade, stage 2: SR3 64→128 super-resolution U-Net",
-                                "Noisy 128² image ⊕ bicubic-upsampled 64² image (6 channels), noise-conditioning "
-                                "augmentation level as a float class label, MiniLM cross-attention at 16² "
-                                "(thesis eq. 3.10, Ho et al. 2021)."))
+    _train_cascade_stage(ctx, "cascade-sr", cascade_sr_config(), SRObjective, _sr_metrics,
+                         _extra(image_size=128, low_res_size=64, sr_factor=2, default_noise_level=0.1,
+                                augmentation="gamma(s)=cos^2(pi s/2), label s*1000, s~U(0,1) in training"),
+                         "Built-in cascade, stage 2: SR3 64→128 super-resolution U-Net",
+                         "Noisy 128² image ⊕ bicubic-upsampled 64² image (6 channels), noise-conditioning "
+                         "augmentation level as a float class label, MiniLM cross-attention at 16² "
+                         "(thesis eq. 3.10, Ho et al. 2021).")
