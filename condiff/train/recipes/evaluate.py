@@ -31,7 +31,10 @@ from ...pipelines.inpaint import inpaint
 from ...pipelines.text2img import generate
 from ...schedules import DiscreteSchedule
 
-__all__ = ["stage_evaluate", "concept_ranks", "load_evalenc"]
+__all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE"]
+
+#: guidance scales of the adherence sweep (0 = unconditional; the default is 5)
+ADHERENCE_GUIDANCE = (0.0, 2.5, 5.0, 7.5, 10.0, 15.0)
 
 
 def _ci(values: Tensor) -> dict:
@@ -110,7 +113,7 @@ def stage_evaluate(ctx, n_prompts: int = 200, n_fid: int = 2000, batch: int = 50
                     "concepts": len(ctx.world.concepts)}
     real_ranks = concept_ranks(enc, ev.images[p_idx].float() / 255, truth, ct)
     report["adherence top5, real held-out images"] = _ci((real_ranks < 5).float())
-    for gamma in (0.0, 5.0):
+    for gamma in ADHERENCE_GUIDANCE:
         imgs = _generate_many(model, prompts, guidance=gamma, sampler="dpmpp_2m", steps=20, batch=batch)
         r = concept_ranks(enc, imgs, truth, ct)
         report[f"adherence top5, generated γ={gamma:g}"] = _ci((r < 5).float())
