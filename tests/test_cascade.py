@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condiff.denoisers import Cond, append_dims
+from condiff.denoisers import Cond, append_dims, sigma_batch
 from condiff.metrics import psnr
-from condiff.models.cascade import (AUG_LABEL_SCALE, CascadeModel, augmentation_gamma, cascade_base_config,
-                                    cascade_sr_config, downsample, load_cascade, noise_augment, upsample_low_res)
+from condiff.models.cascade import (AUG_LABEL_SCALE, CascadeModel, ResidualDenoiser, augmentation_gamma,
+                                    cascade_base_config, cascade_sr_config, downsample, load_cascade, noise_augment,
+                                    upsample_low_res)
 from condiff.nn.unet import UNet
 from condiff.pipelines import cascade as pipe
 from condiff.train.recipes.export import export_component
@@ -132,7 +133,7 @@ def test_noise_augmentation_level_is_honoured():
 
     # with the exact posterior denoiser, which uses the told level, the output's dependence on the
     # low-resolution input falls with the level and vanishes at level 1
-    model.sr_denoiser = lambda: ExactGaussianSR()
+    model.sr_denoiser = lambda upsampled=None: ExactGaussianSR()
     low = smooth_images(4, 64, seed=3)
     corr = []
     for level in (0.0, 0.5, 0.8, 1.0):
@@ -221,3 +222,167 @@ def test_upscale_command(tmp_path, monkeypatch):
     assert params["noise_level"] == 0.3 and params["pipeline"] == "cascade-upscale" and params["input"] == str(src)
     again = CliRunner().invoke(app, ["upscale", str(src), "--no-progress"])
     assert again.exit_code != 0 and "exists" in str(again.exception)
+
+
+# --------------------------------------------------------------------------- residual SR
+
+
+class GaussianDenoiser:
+    """The exact denoiser of data ~ N(mean, std² I) in the VE view: (std² x + σ² mean) / (std² + σ²)."""
+
+    def __init__(self, mean, std, sigma_min=0.002, sigma_max=80.0):
+        self.mean, self.std, self.sigma_min, self.sigma_max = mean, std, sigma_min, sigma_max
+
+    def __call__(self, x, sigma, cond=None):
+        s2 = append_dims(sigma_batch(sigma, x), x.ndim) ** 2
+        return (self.std ** 2 * x + s2 * self.mean) / (self.std ** 2 + s2)
+
+
+class ZeroX0(torch.nn.Module):
+    """x0-network that predicts 0 whatever it sees (as residual model: "nothing to add to bicubic")."""
+
+    def forward(self, x, t, cond=None):
+        return torch.zeros_like(x[:, :3])
+
+
+def test_residual_denoiser_is_the_exact_x_space_denoiser():
+    # r0 = k·(x0 − u) ~ N(m, s²)  <=>  x0 ~ N(u + m/k, (s/k)²): the wrapper must turn the exact
+    # r-space denoiser into the exact x-space one, at every σ and with k ≠ 1
+    g = torch.Generator().manual_seed(0)
+    k, s = 3.0, 0.7
+    m = torch.randn(1, 3, 8, 8, generator=g)
+    u = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    inner = GaussianDenoiser(m, s)
+    wrapped = ResidualDenoiser(inner, u, k)
+    x = torch.randn(2, 3, 8, 8, generator=g) * 2
+    for sigma in (torch.tensor([0.01, 0.3]), torch.tensor([2.0, 20.0]), 0.05):
+        exact = GaussianDenoiser(u + m / k, s / k)(x, sigma)
+        assert torch.allclose(wrapped(x, sigma), exact, atol=1e-5)
+    assert wrapped.sigma_max == pytest.approx(80.0 / k) and wrapped.sigma_min == pytest.approx(0.002 / k)
+    # a doubled batch (the stacked branches of CFG) reuses u per half; other batch sizes are refused
+    xx = torch.cat([x, x + 0.5])
+    assert torch.allclose(wrapped(xx, 0.4)[2:], wrapped(x + 0.5, 0.4), atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        wrapped(x[:1].expand(3, -1, -1, -1), 0.4)
+    with pytest.raises(ValueError, match="positive"):
+        ResidualDenoiser(inner, u, 0.0)
+
+
+def test_residual_sampling_reaches_the_target_distribution():
+    """Samplers are unchanged: the PF-ODE through the wrapper samples N(u + m/k, (s/k)²)."""
+    from condiff.samplers import sample
+
+    k, s = 4.0, 0.8
+    u = torch.tensor([-0.5, 0.2, 0.9]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    m = torch.tensor([1.0, -2.0, 0.0]).view(1, 3, 1, 1)
+    den = ResidualDenoiser(GaussianDenoiser(m, s), u, k)
+    out = sample(den, (3000, 3, 2, 2), sampler="heun", steps=30, seed=0)
+    mean, std = out.mean(0), out.std(0)
+    assert torch.allclose(mean, (u + m / k)[0], atol=0.02), mean
+    assert torch.allclose(std, torch.full_like(std, s / k), rtol=0.06), std
+
+
+def test_residual_denoiser_scales_the_model_schedule():
+    """schedule="model" through the wrapper gives the network exactly its own table's timesteps."""
+    from condiff.denoisers import NetworkDenoiser
+    from condiff.models.cascade import pixel_denoiser
+    from condiff.samplers import make_sigmas
+    from condiff.schedules import DiscreteSchedule
+
+    sched = DiscreteSchedule.named("cosine", 1000)
+    inner = pixel_denoiser(ZeroX0(), sched, "x0")
+    wrapped = ResidualDenoiser(inner, torch.zeros(1, 3, 4, 4), 8.0)
+    assert isinstance(inner, NetworkDenoiser)
+    assert torch.allclose(make_sigmas(wrapped, 10, "model") * 8.0, make_sigmas(inner, 10, "model"), rtol=1e-9)
+    sig = torch.tensor([0.01, 0.5, 30.0])
+    assert torch.allclose(wrapped.time(sig), inner.time(8.0 * sig), atol=1e-3)
+
+
+@pytest.mark.parametrize("level", [0.0, 0.5, 1.0])
+def test_zero_residual_sr_is_bicubic_and_consistent(level):
+    """A residual model whose network predicts r̂ = 0 returns the bicubic upsample exactly (with CFG
+    too); the same network as a full-image model returns flat grey, nowhere near its input."""
+    import dataclasses
+
+    base = tiny_cascade(base_size=64, with_base=False)
+    residual = dataclasses.replace(base, sr_unet=ZeroX0(), sr_prediction="x0", sr_residual=True, sr_residual_scale=8.0)
+    low = smooth_images(2, 64, seed=5)
+    out = pipe.upscale(residual, low, noise_level=level, guidance=2.0, steps=3, show_progress=False).images
+    bicubic = (upsample_low_res(low * 2 - 1, 128) + 1) / 2
+    assert torch.allclose(out, bicubic, atol=1e-5)
+    assert psnr(downsample(out, 2), low).min() > 40  # consistency PSNR(↓SR(x), x)
+    full = dataclasses.replace(residual, sr_residual=False)
+    grey = pipe.upscale(full, low, noise_level=level, steps=3, show_progress=False).images
+    assert psnr(downsample(grey, 2), low).max() < 20
+
+
+def _export_sr(model, folder, **keys):
+    extra = {"schedule": {"name": "cosine", "steps": 1000}, "prediction": "v", "low_res_size": 16, "sr_factor": 2,
+             **keys}
+    export_component(model.sr_unet, folder / "cascade-sr", kind="unet", network_config=model.sr_unet.config.to_dict(),
+                     extra=extra)
+
+
+def test_sr_configs_without_residual_keys_load_as_full_image_models(tmp_path):
+    from condiff.denoisers import NetworkDenoiser
+    from condiff.models.weights import WeightsError
+
+    model = tiny_cascade(base_size=16, with_base=False)
+    u = torch.zeros(1, 3, 32, 32)
+    _export_sr(model, tmp_path / "old")
+    old = load_cascade(tmp_path / "old", text_encoder=FakeText(), stages=("sr",))
+    assert (old.sr_residual, old.sr_residual_scale) == (False, 1.0)
+    assert type(old.sr_denoiser()) is NetworkDenoiser and type(old.sr_denoiser(upsampled=u)) is NetworkDenoiser
+
+    _export_sr(model, tmp_path / "new", residual=True, residual_scale=8.0)
+    new = load_cascade(tmp_path / "new", text_encoder=FakeText(), stages=("sr",))
+    assert (new.sr_residual, new.sr_residual_scale) == (True, 8.0)
+    den = new.sr_denoiser(upsampled=u)
+    assert isinstance(den, ResidualDenoiser) and den.scale == 8.0
+    with pytest.raises(ValueError, match="residual"):
+        new.sr_denoiser()
+    new.require("sr")  # what the experiments check before using a stage
+    with pytest.raises(ValueError, match="cascade-base"):
+        new.require("sr", "base")
+
+    for bad, match in (({"residual": True}, "residual_scale"), ({"residual": "yes"}, "true or false"),
+                       ({"residual": True, "residual_scale": -1.0}, "positive")):
+        _export_sr(model, tmp_path / "bad", **bad)
+        with pytest.raises(WeightsError, match=match):
+            load_cascade(tmp_path / "bad", text_encoder=FakeText(), stages=("sr",))
+
+
+def test_shipped_sr_config_is_read_with_its_residual_keys():
+    from condiff.denoisers import NetworkDenoiser
+    from condiff.models.registry import WEIGHTS_DIR
+    from condiff.models.weights import read_config
+
+    folder = WEIGHTS_DIR / "cascade-sr"
+    if not (folder / "config.json").exists():
+        pytest.skip("no shipped cascade-sr weights")
+    cfg = read_config(folder)
+    model = load_cascade(WEIGHTS_DIR, text_encoder=FakeText(), stages=("sr",))
+    assert model.sr_residual is cfg.get("residual", False)
+    den = model.sr_denoiser(upsampled=torch.zeros(1, 3, 128, 128))
+    assert type(den) is (ResidualDenoiser if model.sr_residual else NetworkDenoiser)
+
+
+@pytest.mark.parametrize("k", [None, 8.0])
+def test_sr_objective_targets_the_scaled_residual(k):
+    from condiff.models.cascade import pixel_denoiser
+    from condiff.schedules import DiscreteSchedule
+    from condiff.train.recipes.cascade import SRObjective
+
+    sched = DiscreteSchedule.named("cosine", 1000)
+    obj = SRObjective(pixel_denoiser(ZeroX0(), sched, "v"), sched, torch.zeros(4, CTX_DIM), residual_scale=k)
+    seen = {}
+    obj.loss = lambda den, x0, cond, g: seen.update(x0=x0, cond=cond) or x0.new_zeros(x0.shape[0])
+    images = (smooth_images(3, 32, seed=6) * 255).round().to(torch.uint8)
+    batch = {"images": images, "ctx": torch.randn(3, 2, 4, CTX_DIM), "flippable": torch.zeros(3, dtype=torch.bool)}
+    obj(None, batch, torch.Generator().manual_seed(0))
+    hi = images.float() / 127.5 - 1
+    up = upsample_low_res(downsample(hi, 2), 32)
+    assert torch.allclose(seen["x0"], hi if k is None else k * (hi - up), atol=1e-5)
+    level = seen["cond"].class_labels / AUG_LABEL_SCALE  # the concat input is ỹ at the told level, in both modes
+    resid = seen["cond"].concat - augmentation_gamma(level).sqrt().view(-1, 1, 1, 1) * up
+    assert torch.allclose(resid.flatten(1).std(1), (1 - augmentation_gamma(level)).sqrt(), rtol=0.15, atol=0.02)

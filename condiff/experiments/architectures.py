@@ -201,7 +201,7 @@ def available_architectures(device: str | torch.device = "cpu", *, steps: int = 
         notes.append(f"skipped ldm-inpaint and ldm-blend: {err}")
     try:
         cascade = load_cascade(weights_dir, device=device)
-        cascade.base_denoiser(), cascade.sr_denoiser()  # both stages needed for inpainting
+        cascade.require("base", "sr")  # both stages needed for inpainting
         archs.append(cascade_architecture(cascade, steps=steps))
     except (ValueError, OSError) as err:
         notes.append(f"skipped cascade: {err}")

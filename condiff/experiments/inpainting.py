@@ -56,7 +56,7 @@ def _architectures(ctx: ExperimentContext, config: InpaintingConfig, res: Experi
             from ..models.cascade import load_cascade
 
             cascade = load_cascade(device=ctx.device)
-            cascade.base_denoiser(), cascade.sr_denoiser()
+            cascade.require("base", "sr")
             archs.append(cascade_architecture(cascade, steps=steps, guidance=config.guidance))
         except (ValueError, OSError) as err:
             res.skip("cascade", str(err))

@@ -26,6 +26,13 @@ Both stages are v-prediction networks (Salimans & Ho 2022) on the cosine schedul
 Dhariwal 2021): v-prediction stays well-conditioned at the cosine schedule's terminal σ ≈ 2·10⁴,
 where an ε-network's x̂0 = x − σ·ε̂ would amplify any error by σ. The v-loss is eq. 3.10 (p = 2)
 reweighted by 1/ᾱ_t (see :mod:`condiff.losses`).
+
+**Residual SR** (config keys ``"residual": true, "residual_scale": k`` of the SR component): the
+SR network diffuses the scaled residual r = k·(x − u) around the clean bicubic upsample u of its
+low-resolution input instead of the image x itself; :class:`ResidualDenoiser` turns it back into
+an x-space denoiser, so samplers and guidance are unchanged. A zero residual is exactly bicubic,
+so the output stays consistent with its input by construction. Components without the keys are
+full-image (non-residual) models, as the first shipped ``cascade-sr`` is.
 """
 
 from __future__ import annotations
@@ -39,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..denoisers import Cond, DiscreteTime, NetworkDenoiser
+from ..denoisers import Cond, Denoiser, DenoiserWrapper, DiscreteTime, NetworkDenoiser, sigma_batch
+from ..editing import _fit_batch
 from ..nn.unet import UNet, UNetConfig, count_parameters
+from ..samplers.registry import model_schedule
 from ..schedules import DiscreteSchedule
 from .weights import WeightsError, load_weights, read_config
 
@@ -48,6 +57,7 @@ __all__ = [
     "AUG_LABEL_SCALE",
     "CASCADE_COMPONENTS",
     "CascadeModel",
+    "ResidualDenoiser",
     "cascade_base_config",
     "cascade_sr_config",
     "augmentation_gamma",
@@ -57,6 +67,7 @@ __all__ = [
     "downsample",
     "load_cascade",
     "load_unet_component",
+    "residual_settings",
     "pixel_denoiser",
 ]
 
@@ -158,6 +169,56 @@ def pixel_denoiser(net: nn.Module, schedule: DiscreteSchedule, prediction: str) 
                            sigma_max=schedule.sigma_max)
 
 
+class ResidualDenoiser(DenoiserWrapper):
+    """An x-space denoiser from a denoiser of the scaled residual r = k·(x − u) (residual SR).
+
+    SR3 (Saharia et al. 2021; thesis eq. 3.10) trains a conditional denoiser f_θ(x, ỹ, γ) of the
+    high-resolution image itself. Residual SR diffusion (e.g. SRDiff, Li et al. 2022; ResShift,
+    Yue et al. 2023, builds the shift into its forward process instead) lets the network model
+    only what the upsampled low-resolution image u lacks. Here the network sees r = k·(x − u),
+    where u is the clean bicubic upsample and k = ``scale`` brings r to roughly unit variance (the
+    data scale the v-parameterisation assumes). Because x ↦ k·(x − u) is affine and invertible,
+    the noisy state x = x0 + σε maps to r = r0 + (kσ)·ε with r0 = k·(x0 − u), and conditioning on x
+    is conditioning on r, so E[x0 | x] = u + E[r0 | r]/k, i.e.
+
+        D_x(x; σ, c) = u + D_r(k·(x − u); k·σ, c) / k.                                  (res)
+
+    The σ range is the inner one divided by k; a discrete DDPM table of the inner denoiser is
+    exposed scaled the same way (``time.schedule``), so schedule="model" steps land exactly on the
+    network's own timesteps. ``base`` (u) is [B|1, C, H, W] and is tiled to a multiple batch (the
+    stacked branches of classifier-free guidance), as :class:`~condiff.editing.BlendInpaint` does.
+    """
+
+    def __init__(self, inner: Denoiser, base: Tensor, scale: float):
+        super().__init__(inner)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"residual_scale k must be a positive finite number, got {scale!r}")
+        if not isinstance(base, Tensor) or base.ndim < 2:
+            raise ValueError("base must be the upsampled low-resolution image u as a tensor [B, C, H, W]")
+        self.scale = float(scale)
+        self.register_buffer("base", base, persistent=False)
+        table = model_schedule(inner)  # seen from x-space: σ' = σ/k, ᾱ' = 1/(1 + σ'²)
+        scaled = None if table is None else DiscreteSchedule(1 / (1 + (table.sigmas / self.scale) ** 2))
+        self.time = None if scaled is None else DiscreteTime(scaled)
+
+    @property
+    def sigma_min(self) -> float:
+        return self.inner.sigma_min / self.scale
+
+    @property
+    def sigma_max(self) -> float:
+        return self.inner.sigma_max / self.scale
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Cond | None = None) -> Tensor:
+        sigma = sigma_batch(sigma, x)
+        u = _fit_batch(self.base, x.shape[0], "the upsampled low-resolution image").to(x.device, x.dtype)
+        if u.shape[1:] != x.shape[1:]:
+            raise ValueError(f"the upsampled low-resolution image {tuple(u.shape)} does not fit the state "
+                             f"{tuple(x.shape)}")
+        k = self.scale
+        return u + self.inner(k * (x - u), k * sigma, cond) / k
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -170,7 +231,8 @@ class CascadeModel:
 
     Either stage may be ``None`` (e.g. only the SR weights are installed, for ``condiff upscale``);
     using a missing stage raises a ValueError that says which component is missing.
-    ``text_encoder(prompts) -> (context [B, L, D], mask [B, L])``.
+    ``text_encoder(prompts) -> (context [B, L, D], mask [B, L])``. ``sr_residual``: the SR network
+    denoises the residual k·(x − u) with k = ``sr_residual_scale`` (:class:`ResidualDenoiser`).
     """
 
     base_unet: nn.Module | None
@@ -182,8 +244,14 @@ class CascadeModel:
     sr_prediction: str = "v"
     base_size: int = 64
     sr_factor: int = 2
+    sr_residual: bool = False
+    sr_residual_scale: float = 1.0
     name: str = "builtin-cascade"
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sr_residual, self.sr_residual_scale = residual_settings(
+            {"residual": self.sr_residual, "residual_scale": self.sr_residual_scale})
 
     @property
     def sr_size(self) -> int:
@@ -203,6 +271,11 @@ class CascadeModel:
             self.text_encoder.to(device=device)
         return self
 
+    def require(self, *stages: str) -> None:
+        """Raise a ValueError naming the component of the first missing stage ("base", "sr")."""
+        for stage in stages:
+            self._need(stage)
+
     def _need(self, stage: str) -> nn.Module:
         net = self.base_unet if stage == "base" else self.sr_unet
         if net is None:
@@ -215,8 +288,19 @@ class CascadeModel:
     def base_denoiser(self) -> NetworkDenoiser:
         return pixel_denoiser(self._need("base"), self.base_schedule, self.base_prediction)
 
-    def sr_denoiser(self) -> NetworkDenoiser:
-        return pixel_denoiser(self._need("sr"), self.sr_schedule, self.sr_prediction)
+    def sr_denoiser(self, upsampled: Tensor | None = None) -> Denoiser:
+        """The SR stage as a denoiser of the high-resolution image x (concat/labels come in the Cond).
+
+        A residual stage needs ``upsampled``, the clean bicubic upsample u of the low-resolution
+        input (the first item of :meth:`sr_condition`), around which it denoises k·(x − u).
+        """
+        den = pixel_denoiser(self._need("sr"), self.sr_schedule, self.sr_prediction)
+        if not self.sr_residual:
+            return den
+        if upsampled is None:
+            raise ValueError("this SR stage is residual: pass upsampled=u, the clean bicubic upsample of the "
+                             "low-resolution input (CascadeModel.sr_condition returns it)")
+        return ResidualDenoiser(den, upsampled, self.sr_residual_scale)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
@@ -224,14 +308,15 @@ class CascadeModel:
         ctx, _ = self.text_encoder(list(prompts))
         return Cond(context=ctx.to(self.device, torch.float32))
 
-    def sr_condition(self, low_res: Tensor, level: float, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """(concat channels, class labels) of the SR stage for low-resolution images in [−1, 1].
+    def sr_condition(self, low_res: Tensor, level: float, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(clean upsample u, concat channels ỹ, class labels) of the SR stage for images in [−1, 1].
 
-        The images are bicubic-upsampled to the SR size and noise-augmented to ``level`` with ``eps``
-        (noise of the *upsampled* shape, from the caller's seeded source).
+        The images are bicubic-upsampled to the SR size (u) and noise-augmented to ``level`` with
+        ``eps`` (noise of the *upsampled* shape, from the caller's seeded source) for the concat input.
         """
         up = upsample_low_res(low_res.to(self.device, torch.float32), self.sr_size_for(low_res))
-        return noise_augment(up, level, eps.to(up.device, up.dtype)), augmentation_label(level, up.shape[0]).to(up.device)
+        aug = noise_augment(up, level, eps.to(up.device, up.dtype))
+        return up, aug, augmentation_label(level, up.shape[0]).to(up.device)
 
     def sr_size_for(self, low_res: Tensor) -> tuple[int, int]:
         """Output size of the SR stage for an input of any size (the U-Net is convolutional)."""
@@ -261,6 +346,22 @@ def load_unet_component(folder: str | Path, device="cpu", dtype=torch.float32) -
     except RuntimeError as err:
         raise WeightsError(f"weights in {folder} do not fit the U-Net of its config.json: {err}") from err
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+
+
+def residual_settings(config: dict) -> tuple[bool, float]:
+    """(residual, residual_scale) of an SR component's config; without the keys: (False, 1.0).
+
+    A residual config must carry its scale k: the network's outputs mean nothing without it.
+    """
+    residual = config.get("residual", False)
+    if not isinstance(residual, bool):
+        raise WeightsError(f"SR config key 'residual' must be true or false, got {residual!r}")
+    if residual and "residual_scale" not in config:
+        raise WeightsError("SR config says residual: true but has no 'residual_scale' (the k of r = k·(x − u))")
+    scale = config.get("residual_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise WeightsError(f"SR config key 'residual_scale' must be a positive number, got {scale!r}")
+    return residual, float(scale)
 
 
 def _schedule(config: dict) -> DiscreteSchedule:
@@ -297,12 +398,13 @@ def load_cascade(weights_dir: str | Path | None = None, *, device="cpu", dtype=t
 
         text_encoder = _text_encoder(int(first.get("text_max_length", 24)))
     base_cfg, sr_cfg = configs.get("base", {}), configs.get("sr", {})
+    residual, residual_scale = residual_settings(sr_cfg)
     return CascadeModel(
         base_unet=nets.get("base"), sr_unet=nets.get("sr"), text_encoder=text_encoder,
         base_schedule=_schedule(base_cfg), sr_schedule=_schedule(sr_cfg),
         base_prediction=base_cfg.get("prediction", "v"), sr_prediction=sr_cfg.get("prediction", "v"),
         base_size=int(base_cfg.get("image_size", sr_cfg.get("low_res_size", 64))),
-        sr_factor=int(sr_cfg.get("sr_factor", 2)),
+        sr_factor=int(sr_cfg.get("sr_factor", 2)), sr_residual=residual, sr_residual_scale=residual_scale,
         info={"default_guidance": float(base_cfg.get("default_guidance", 4.0)),
               "default_steps": int(base_cfg.get("default_steps", 25)),
               "default_noise_level": float(sr_cfg.get("default_noise_level", 0.1)),

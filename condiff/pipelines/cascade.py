@@ -3,6 +3,8 @@
 * :func:`generate`: the base stage samples 64×64 pixels with classifier-free guidance (eq. 3.9),
   then :func:`super_resolve` upsamples them with the SR3 stage (eq. 3.10), whose low-resolution
   conditioning is noise-augmented to ``noise_level`` (Ho et al. 2021; :mod:`condiff.models.cascade`).
+  A residual SR stage samples the residual around the clean bicubic upsample through
+  :class:`~condiff.models.cascade.ResidualDenoiser`; the samplers do not know the difference.
 * :func:`upscale`: the SR stage alone on any image (``condiff upscale``); the U-Net is
   convolutional, so an h×w input gives 2h×2w (h, w multiples of 4).
 * :func:`inpaint`: zero-shot inpainting through the whole cascade, as the thesis ran DeepFloyd IF:
@@ -81,15 +83,16 @@ def super_resolve(model: CascadeModel, low_res: Tensor, prompts: list[str], *, n
 
     The first draw of ``noise`` augments the upsampled conditioning to ``noise_level`` (eq. aug),
     the rest drive the sampler. With ``mask``/``known`` (high resolution, [−1, 1]) the known
-    pixels are kept by blending (:class:`BlendInpaint`).
+    pixels are kept by blending (:class:`BlendInpaint`). A residual stage is anchored at the
+    *clean* upsample u; only its concat input is noise-augmented.
     """
     low_res = low_res.to(model.device, torch.float32)
     batch = low_res.shape[0]
     hi = model.sr_size_for(low_res)
     eps_aug = noise.randn((3, *hi), device=model.device)
-    concat, labels = model.sr_condition(low_res, noise_level, eps_aug)
+    up, concat, labels = model.sr_condition(low_res, noise_level, eps_aug)
     cond = model.encode_prompts(prompts).replace(concat=concat, class_labels=labels)
-    den = _guided(model.sr_denoiser(), model, cond, negative, guidance, batch)
+    den = _guided(model.sr_denoiser(upsampled=up), model, cond, negative, guidance, batch)
     blend = None
     if mask is not None:
         den = blend = BlendInpaint(den, mask, known)
