@@ -232,10 +232,16 @@ def test_training_stages_small_end_to_end(tmp_path):
     assert kinds == {"cascade-base": "unet", "cascade-sr": "unet", "unclip-prior": "unclip-prior",
                      "unclip-decoder": "unclip-decoder"}
     assert "consistency PSNR" in (weights / "cascade-sr" / "MODEL_CARD.md").read_text()
+    from condiff.train.recipes.cascade import SR_RESIDUAL_SCALE
+
+    sr_config = json.loads((weights / "cascade-sr" / "config.json").read_text())  # the stage trains residual SR
+    assert sr_config["residual"] is True and sr_config["residual_scale"] == SR_RESIDUAL_SCALE
+    assert "bicubic baseline consistency PSNR(↓bicubic(x), x) (dB)" in ctx.log["cascade-sr"]
     assert ctx.log["cascade-sr"]["steps"] == 3 and "cos(prior sample, true image embedding)" in ctx.log["unclip-prior"]
 
     text = ctx.cache["minilm"]
     cascade = load_cascade(weights, text_encoder=text)
+    assert cascade.sr_residual and cascade.sr_residual_scale == SR_RESIDUAL_SCALE
     up = cascade_pipe.upscale(cascade, smooth(1, 32), steps=1, show_progress=False)
     assert up.images.shape == (1, 3, 64, 64)
     unclip = load_unclip(weights, text_encoder=text)
