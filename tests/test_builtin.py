@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from condiff.models import registry
-from condiff.models.weights import WeightsError, load_weights, sha256_file
+from condiff.models.weights import WeightsError, load_weights, read_config, sha256_file
 from condiff.pipelines.text2img import generate
 
-SHIPPED = ["vae", "ldm", "ldm-inpaint", "evalenc", "classifier"] + [
+SHIPPED = ["vae", "ldm", "ldm-inpaint", "evalenc", "unclip-embedder", "unclip-prior", "unclip-decoder", "classifier"] + [
     f"controlnet-{k}" for k in ("canny", "lineart", "softedge", "depth", "normal", "pose")
 ]
 
@@ -30,6 +30,28 @@ def test_shipped_checksums_match_config_and_model_card(name):
         assert sha256_file(folder / fname) == digest
         assert digest in card
         assert (folder / fname).stat().st_size <= 16 * 1024 * 1024
+
+
+def test_every_shipped_component_has_a_role():
+    present = {name for name, ok in registry.builtin_components().items() if ok}
+    assert set(SHIPPED) <= present
+    assert all(registry.component_role(name) for name in present)
+
+
+def test_shipped_unclip_uses_its_frozen_embedder_not_evalenc():
+    """unCLIP's configs name `unclip-embedder` (a frozen snapshot of the evalenc it was trained on), so a
+    retrained evalenc cannot silently change unCLIP's embedding space; its card records the checksum."""
+    from condiff.models.unclip import IMAGE_ENCODER_KEY, UNCLIP_EMBEDDER, load_unclip
+
+    for name in ("unclip-prior", "unclip-decoder"):
+        assert read_config(registry.component_dir(name))[IMAGE_ENCODER_KEY] == UNCLIP_EMBEDDER
+    folder = registry.component_dir(UNCLIP_EMBEDDER)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "frozen snapshot of condiff-evalenc" in card and "2026-11-26" in card
+    model = load_unclip(with_upsampler=False)
+    assert model.image_encoder_component == UNCLIP_EMBEDDER
+    state = {k: v.float() for k, v in load_weights(folder).items()}
+    assert all(torch.equal(v, state[k]) for k, v in model.image_encoder.state_dict().items())
 
 
 def test_weights_budget():

@@ -71,3 +71,16 @@ def test_classifier_guidance_option(tmp_path):
     res = invoke("generate", "a heart", "--steps", 2, "--classifier-guidance", "cubism", "--out", tmp_path / "h.png",
                  "--no-progress")
     assert res.exit_code != 0 and "unknown style" in str(res.exception)
+
+
+def test_models_list_shows_both_image_towers():
+    import json
+
+    res = invoke("models", "list", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)["components"]}
+    assert rows["evalenc"]["kind"] == rows["unclip-embedder"]["kind"] == "image-encoder"
+    assert "metric" in rows["evalenc"]["role"] and "unCLIP" in rows["unclip-embedder"]["role"]
+    assert rows["unclip-embedder"]["bytes"] > 0 and rows["unclip-embedder"]["present"]
+    text = invoke("models", "list")
+    assert text.exit_code == 0 and "unclip-embedder" in text.output and "total" in text.output

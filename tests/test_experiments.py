@@ -351,3 +351,6 @@ def test_personalization_trains_caches_and_reuses_results(tmp_path, monkeypatch)
     config.lora.steps = 3  # other settings: not in the cache, the shipped one still applies
     config.dreambooth.steps = 3
     assert find_result(ctx, config, "dreambooth") is None and find_result(ctx, config, "lora").folder == shipped
+    assert find_result(ctx, config, "lora").source == "shipped (other settings)"
+    ctx.train = True  # --train: the config's settings are trained, not stood in for by the shipped result
+    assert find_result(ctx, config, "lora") is None

@@ -56,3 +56,36 @@ def test_compact_copy_refuses_unknown_tokens(tmp_path, monkeypatch):
     small(["a cat"])  # every token known
     with pytest.raises(ValueError, match="no embedding for tokens"):
         small(["a zebra"])
+
+
+def test_bundle_keeps_every_text_of_the_experiments_and_textual_inversion_works(tmp_path, monkeypatch):
+    """The GPU machine's compact MiniLM (condiff.train.recipes.bundle without a pack): every text that
+    experiment 3 encodes is known, a textual-inversion token added later is usable, and the 10k
+    frequent word pieces stay out unless asked for."""
+    from condiff.experiments.config import load_config
+    from condiff.experiments.personalization import personalization_texts
+    from condiff.personalize.embeddings import add_placeholder_tokens
+    from condiff.train.recipes.bundle import experiment_texts, export_minilm
+
+    texts = experiment_texts()
+    for t in ("a portrait of a sks horse", "a portrait of a horse", "a sks horse, glossy style", "a photo of a <sks>",
+              "a <sks> in a space suit", "a horse in a space suit", "horse", "a woman wearing a scarf",
+              "a woman, glossy shaded style", ""):
+        assert t in texts
+    out = export_minilm(tmp_path / "minilm")
+    assert (out / "minilm_compact.safetensors").stat().st_size < 24e6  # no frequent word pieces
+    monkeypatch.setenv(COMPACT_ENV, str(out))
+    small = MiniLMTextEncoder(max_length=24)
+    for quick in (False, True):
+        small([t for t in personalization_texts(load_config("personalization", quick=quick)) if "<sks>" not in t])
+    with pytest.raises(ValueError, match="no embedding for tokens"):
+        small(["a zebra"])
+    with pytest.raises(ValueError, match="initializer"):
+        add_placeholder_tokens(small, "<x>", 1, None)  # the table mean of a compact copy would be wrong
+    with pytest.raises(ValueError, match="no embedding for tokens"):
+        add_placeholder_tokens(small, "<y>", 1, "zebra")
+    (new_id,) = add_placeholder_tokens(small, "<sks>", 1, "horse")
+    ids, _ = small.tokenize(["a photo of a <sks>"])
+    assert new_id in ids[0].tolist()
+    emb = small.bert.embeddings.word_embeddings.weight
+    assert emb[new_id].abs().sum() > 0

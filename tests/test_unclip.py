@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from condiff.denoisers import Cond, append_dims
 from condiff.models.cascade import CascadeModel, cascade_base_config, cascade_sr_config
-from condiff.models.unclip import (EMBED_DIM, EMBED_SCALE, DecoderConfig, PriorConfig, UnCLIPDecoder, UnCLIPModel,
-                                   UnCLIPPrior, load_unclip, pool_tokens)
+from condiff.models.unclip import (EMBED_DIM, EMBED_SCALE, IMAGE_ENCODER_KEY, DecoderConfig, PriorConfig,
+                                   UnCLIPDecoder, UnCLIPModel, UnCLIPPrior, load_evalenc, load_unclip, pool_tokens)
+from condiff.models.weights import WeightsError
 from condiff.nn.unet import UNet
 from condiff.pipelines import unclip as pipe
 from condiff.train.recipes.export import export_component
@@ -199,6 +200,89 @@ def test_load_unclip_round_trip(tmp_path):
         pipe.variations(loaded, smooth(1, 16), n=1)
 
 
+def _tiny_image_encoder(seed):
+    from condiff.nn.image_encoder import ImageEncoder, ImageEncoderConfig
+
+    torch.manual_seed(seed)
+    return ImageEncoder(ImageEncoderConfig(image_size=16, block_out_channels=(8, 16), norm_num_groups=4)).eval()
+
+
+def _export_unclip(folder, model, extra_config):
+    extra = {"schedule": {"name": "cosine", "steps": 1000}, "image_size": 16, **extra_config}
+    export_component(model.decoder, folder / "unclip-decoder", kind="unclip-decoder",
+                     network_config=model.decoder.config.to_dict(), extra={**extra, "prediction": "v"})
+    export_component(model.prior, folder / "unclip-prior", kind="unclip-prior",
+                     network_config=model.prior.config.to_dict(), extra={**extra, "prediction": "x0"})
+
+
+@pytest.mark.parametrize("named", ["unclip-embedder", None])
+def test_load_unclip_uses_the_image_encoder_its_configs_name(tmp_path, named):
+    """`image_encoder_component` in the unCLIP configs picks the tower; absent (older exports): evalenc.
+    The evaluation encoder (metrics) stays evalenc either way."""
+    encoders = {"evalenc": _tiny_image_encoder(1), "unclip-embedder": _tiny_image_encoder(2)}
+    for name, enc in encoders.items():
+        export_component(enc, tmp_path / name, kind="image-encoder", network_config=enc.config.to_dict())
+    _export_unclip(tmp_path, tiny_unclip(upsampler=False), {IMAGE_ENCODER_KEY: named} if named else {})
+    loaded = load_unclip(tmp_path, text_encoder=FakeText())
+    expected = named or "evalenc"
+    assert loaded.image_encoder_component == expected and loaded.info["image_encoder"] == expected
+    img = smooth(2, 16)
+    with torch.no_grad():
+        want = F.normalize(encoders[expected](img), dim=-1)
+        assert torch.allclose(loaded.encode_images(img), want, atol=1e-2)
+        other = F.normalize(encoders["evalenc" if named else "unclip-embedder"](img), dim=-1)
+        assert not torch.allclose(loaded.encode_images(img), other, atol=1e-2)
+        assert torch.allclose(load_evalenc(tmp_path)(img), encoders["evalenc"](img), atol=1e-2)
+    var = pipe.variations(loaded, smooth(1, 16), n=1, steps=1, show_progress=False)
+    assert var.images.shape == (1, 3, 16, 16)
+
+
+def test_load_unclip_refuses_prior_and_decoder_of_different_towers(tmp_path):
+    _export_unclip(tmp_path, tiny_unclip(upsampler=False), {IMAGE_ENCODER_KEY: "unclip-embedder"})
+    cfg_path = tmp_path / "unclip-prior" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg[IMAGE_ENCODER_KEY]  # an older prior: trained on evalenc
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="different image encoders"):
+        load_unclip(tmp_path, text_encoder=FakeText())
+    # a missing component named by the configs: the model loads, variations say what is missing
+    cfg[IMAGE_ENCODER_KEY] = "unclip-embedder"
+    cfg_path.write_text(json.dumps(cfg))
+    loaded = load_unclip(tmp_path, text_encoder=FakeText())
+    with pytest.raises(ValueError, match="unclip-embedder"):
+        pipe.variations(loaded, smooth(1, 16), n=1)
+
+
+def test_freeze_unclip_embedder_snapshots_evalenc_and_points_unclip_at_it(tmp_path):
+    from condiff.models.weights import sha256_file
+    from condiff.train.recipes.export import write_model_card
+    from condiff.train.recipes.unclip import freeze_unclip_embedder
+
+    enc = _tiny_image_encoder(3)
+    export_component(enc, tmp_path / "evalenc", kind="image-encoder", network_config=enc.config.to_dict(),
+                     card={"title": "condiff-evalenc", "trained": "2026-11-26", "metrics": {"top1": 0.5}})
+    _export_unclip(tmp_path, tiny_unclip(upsampler=False), {})  # an older export: no key, i.e. evalenc
+    for name in ("unclip-prior", "unclip-decoder"):  # with model cards, as shipped
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        write_model_card(tmp_path / name, name, {k: v for k, v in cfg.items() if k != "files"}, cfg["files"],
+                         {"title": name, "summary": "s"})
+    assert load_unclip(tmp_path, text_encoder=FakeText()).image_encoder_component == "evalenc"
+    dst = freeze_unclip_embedder(tmp_path)
+    src = tmp_path / "evalenc"
+    for f in ("model.safetensors", "config.json"):
+        assert (dst / f).read_bytes() == (src / f).read_bytes()
+    digest = sha256_file(dst / "model.safetensors")
+    card = (dst / "MODEL_CARD.md").read_text()
+    assert digest in card and "frozen snapshot of condiff-evalenc" in card and "2026-11-26" in card
+    for name in ("unclip-prior", "unclip-decoder"):
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        assert cfg[IMAGE_ENCODER_KEY] == "unclip-embedder"
+        assert '"image_encoder_component": "unclip-embedder"' in (tmp_path / name / "MODEL_CARD.md").read_text()
+    assert load_unclip(tmp_path, text_encoder=FakeText()).image_encoder_component == "unclip-embedder"
+    with pytest.raises(FileExistsError):
+        freeze_unclip_embedder(tmp_path)
+
+
 def test_pool_tokens_matches_masked_mean():
     ctx = torch.randn(2, 4, D)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
@@ -238,6 +322,9 @@ def test_training_stages_small_end_to_end(tmp_path):
     assert sr_config["residual"] is True and sr_config["residual_scale"] == SR_RESIDUAL_SCALE
     assert "bicubic baseline consistency PSNR(↓bicubic(x), x) (dB)" in ctx.log["cascade-sr"]
     assert ctx.log["cascade-sr"]["steps"] == 3 and "cos(prior sample, true image embedding)" in ctx.log["unclip-prior"]
+    # no unclip-embedder in this job: unCLIP trained on evalenc and says so in both configs
+    assert all(json.loads((weights / n / "config.json").read_text())[IMAGE_ENCODER_KEY] == "evalenc"
+               for n in ("unclip-prior", "unclip-decoder"))
 
     text = ctx.cache["minilm"]
     cascade = load_cascade(weights, text_encoder=text)
@@ -248,6 +335,20 @@ def test_training_stages_small_end_to_end(tmp_path):
     assert unclip.upsampler is not None and unclip.image_encoder is not None and unclip.prior is not None
     var = pipe.variations(unclip, smooth(1, 128), n=1, steps=1, sr_steps=1, show_progress=False)
     assert var.images.shape == (1, 3, 128, 128)
+
+    # with an unclip-embedder in the job, the recipes embed with it and write its name
+    from condiff.train.recipes import unclip as recipe
+
+    torch.manual_seed(5)
+    other = ImageEncoder(ImageEncoderConfig())
+    export_component(other, weights / "unclip-embedder", kind="image-encoder", network_config=other.config.to_dict())
+    assert recipe.unclip_encoder_component(ctx) == "unclip-embedder"
+    assert recipe._extra(ctx, "x0")[IMAGE_ENCODER_KEY] == "unclip-embedder"
+    emb_evalenc = ctx.cache[("unclip_emb", "evalenc")]
+    emb_new = recipe.world_embeddings(ctx)
+    assert emb_new.shape == emb_evalenc.shape and not torch.allclose(emb_new, emb_evalenc, atol=1e-3)
+    with torch.no_grad():
+        assert torch.allclose(emb_new[:2], F.normalize(other(ctx.world.images[:2].float() / 255), dim=-1), atol=1e-2)
 
 
 def test_variations_command(tmp_path, monkeypatch):

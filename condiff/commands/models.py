@@ -1,4 +1,5 @@
-"""`condiff models inspect PATH`: what a Stable Diffusion checkpoint or ControlNet holds (no maths here)."""
+"""`condiff models list`: the built-in components; `condiff models inspect PATH`: what a Stable Diffusion
+checkpoint or ControlNet holds (no maths here)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,29 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    models = typer.Typer(help="Inspect local Stable Diffusion checkpoints and ControlNets (offline).",
-                         no_args_is_help=True)
+    models = typer.Typer(help="List the built-in components; inspect local Stable Diffusion checkpoints and "
+                              "ControlNets (offline).", no_args_is_help=True)
     app.add_typer(models, name="models")
+
+    @models.command("list")
+    def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+        """The built-in components: name, kind, weight size, whether present, what each is for."""
+        from condiff.models import registry
+
+        rows = []
+        for name, present in registry.builtin_components().items():
+            folder = registry.component_dir(name)
+            kind = json.loads((folder / "config.json").read_text()).get("kind", "?") if present else "-"
+            size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+            rows.append({"name": name, "kind": kind, "bytes": size, "present": present,
+                         "role": registry.component_role(name)})
+        if as_json:
+            typer.echo(json.dumps({"weights_dir": str(registry.WEIGHTS_DIR), "components": rows}, indent=2))
+            return
+        typer.echo(f"built-in components in {registry.WEIGHTS_DIR}:")
+        for r in rows:
+            typer.echo(f"  {r['name']:<20} {r['kind']:<15} {r['bytes'] / 1e6:7.1f} MB  {r['role']}")
+        typer.echo(f"  {'total':<20} {'':<15} {sum(r['bytes'] for r in rows) / 1e6:7.1f} MB")
 
     @models.command("inspect")
     def inspect_cmd(

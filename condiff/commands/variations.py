@@ -25,7 +25,7 @@ def variations(
     out: Path = typer.Option(Path("condiff-variations.png"), "--out", "-o", help="Output PNG; several get -0, -1, … suffixes."),
     device: str = C.DEVICE_OPT, overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
 ) -> None:
-    """Encode the picture with condiff-evalenc and decode the embedding with fresh noise: same meaning, new details."""
+    """Encode the picture with unCLIP's image tower (unclip-embedder) and decode it with fresh noise: same meaning, new details."""
     from ..images import fit_image, load_image
     from ..models.unclip import load_unclip
     from ..pipelines.unclip import variations as run

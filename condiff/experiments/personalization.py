@@ -6,10 +6,12 @@ Each method is trained with :mod:`condiff.personalize` at the thesis's settings 
 400 steps, batch 1; lr 5e-6 / 1e-4 cosine / 5e-4) — or taken from an earlier run, because
 training is the slow part on a CPU:
 
-1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact);
+1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact), when
+   trained with the config's settings;
 2. the cache of earlier ``--train`` runs: ``<cache>/personalization/<model>-<method>-<settings hash>/``;
-3. otherwise, with ``train=True`` (``--train``), it trains now and fills the cache; without, the
-   method is skipped and the report says how to get it.
+3. otherwise, with ``train=True`` (``--train``), it trains now and fills the cache; without, a
+   shipped result trained with other settings stands in (source "shipped (other settings)"), else
+   the method is skipped and the report says how to get it.
 
 Every variant (the base model and each method) renders the three prompts and the class prompt
 ("a portrait of a horse") with the same seeds. Metrics, following DreamBooth's evaluation (Ruiz
@@ -47,13 +49,16 @@ from .context import (ExperimentContext, ExperimentResult, Figure, Table, as_uni
 from .report import COLUMN_LABELS, plot_bars
 from .sweep import image_grid
 
-__all__ = ["Personalized", "run_personalization", "subject_inputs", "find_result", "train_method", "apply_method",
-           "METHOD_TITLES", "ARTEFACT_FILES"]
+__all__ = ["Personalized", "run_personalization", "subject_inputs", "subject_texts", "personalization_texts",
+           "find_result", "train_method", "apply_method", "METHOD_TITLES", "ARTEFACT_FILES"]
 
 METHOD_TITLES = {"dreambooth": "DreamBooth", "lora": "LoRA", "textual_inversion": "Textual inversion"}
 ARTEFACT_FILES = {"dreambooth": "unet.safetensors", "lora": "lora.safetensors",
                   "textual_inversion": "embedding.safetensors"}
 _STYLE = {"noto": "glossy", "twemoji": "flat", "fluent-emoji-flat": "pastel flat", "openmoji": "outlined"}
+#: DreamBooth's instance prompt and the class prompt (DreamBooth's prior preservation and the drift check).
+INSTANCE_TEMPLATE = "a portrait of a {identifier} {class_noun}"
+CLASS_TEMPLATE = "a portrait of a {class_noun}"
 
 
 @dataclass
@@ -63,11 +68,26 @@ class Personalized:
     method: str
     folder: Path
     record: dict[str, Any]
-    source: str  # "shipped" | "cache" | "trained now"
+    source: str  # "shipped" | "shipped (other settings)" | "cache" | "trained now"
 
     @property
     def file(self) -> Path:
         return self.folder / ARTEFACT_FILES[self.method]
+
+
+def _texts(doc: dict[str, Any]) -> dict[str, Any]:
+    ident, noun = doc["identifier"], doc["class_noun"]
+    captions = [f"a {ident} {noun}, {_STYLE.get(s['source'].split('/')[0], 'emoji')} style" for s in doc["subject"]]
+    return {"identifier": ident, "class_noun": noun, "prompts": list(doc["prompts"]), "captions": captions,
+            "thesis_prompts": doc.get("thesis_prompts", [])}
+
+
+def subject_texts() -> dict[str, Any]:
+    """Identifier, class noun, prompts and LoRA captions of the subject (no pictures loaded)."""
+    from ..data.experiment_inputs import EXPERIMENTS_DIR
+    from ..data.shards import read_json
+
+    return _texts(read_json(EXPERIMENTS_DIR / "experiments.json")["exp3"])
 
 
 def subject_inputs(size: int) -> dict[str, Any]:
@@ -76,10 +96,26 @@ def subject_inputs(size: int) -> dict[str, Any]:
 
     doc = load_experiment_inputs()["exp3"]
     images = torch.cat([to_model_size(as_unit_batch(s["image"]), size) for s in doc["subject"]])
-    ident, noun = doc["identifier"], doc["class_noun"]
-    captions = [f"a {ident} {noun}, {_STYLE.get(s['source'].split('/')[0], 'emoji')} style" for s in doc["subject"]]
-    return {"images": images, "identifier": ident, "class_noun": noun, "prompts": list(doc["prompts"]),
-            "captions": captions, "thesis_prompts": doc.get("thesis_prompts", [])}
+    return {"images": images, **_texts(doc)}
+
+
+def personalization_texts(config: PersonalizationConfig) -> list[str]:
+    """Every text that experiment 3 with ``config`` gives the text encoder: the prompts as each variant
+    renders them, the prompts without the identifier (prompt fidelity), the class prompt, DreamBooth's
+    instance prompt, the LoRA captions, textual inversion's templates around its token and its
+    initializer word, and the empty prompt (CFG). A compact MiniLM (the GPU machine's) must hold
+    their word pieces (:mod:`condiff.train.recipes.bundle`)."""
+    from ..personalize import TextualInversionConfig
+
+    t = subject_texts()
+    ident, noun, token = t["identifier"], t["class_noun"], config.textual_inversion.token
+    texts = ["", ident, noun, INSTANCE_TEMPLATE.format(identifier=ident, class_noun=noun),
+             CLASS_TEMPLATE.format(class_noun=noun), *t["captions"], *t["thesis_prompts"]]
+    for p in t["prompts"]:
+        texts += [p, _without_identifier(p, ident)] + [_method_prompt(m, p, ident, noun, token) for m in METHOD_TITLES]
+    ti = TextualInversionConfig(token=token, initializer=config.textual_inversion.initializer or noun)
+    texts += [ti.initializer] + [tpl.format(token) for tpl in ti.prompt_templates()]
+    return list(dict.fromkeys(texts))
 
 
 def _size(n: int) -> str:
@@ -123,14 +159,25 @@ def _read(folder: Path, method: str, source: str) -> Personalized | None:
 
 
 def find_result(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> Personalized | None:
-    """A shipped result for this model, else a cached one trained with exactly these settings."""
+    """A result for this model trained with exactly these settings, shipped or cached; failing that,
+    and only when not training (``ctx.train`` False), a shipped one trained with other settings
+    (its source says so). With ``--train`` a method is thus trained at the config's settings rather
+    than replaced by the shipped quick result."""
     from ..models import registry
 
     shipped = _read(registry.WEIGHTS_DIR / "personalization" / method, method, "shipped")
-    if shipped is not None and shipped.record.get("model") == ctx.model.name:
+    if shipped is not None and shipped.record.get("model") != ctx.model.name:
+        shipped = None
+    if shipped is not None and shipped.record.get("settings") == _settings(ctx, config, method):
         return shipped
     folder = _cache_folder(ctx, config, method)
-    return _read(folder, method, "cache") if folder is not None else None
+    cached = _read(folder, method, "cache") if folder is not None else None
+    if cached is not None:
+        return cached
+    if shipped is not None and not ctx.train:
+        shipped.source = "shipped (other settings)"
+        return shipped
+    return None
 
 
 def _working_copy(model) -> Any:
@@ -158,8 +205,8 @@ def train_method(ctx: ExperimentContext, config: PersonalizationConfig, method: 
     with PeakMemory(ctx.device) as mem, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if method == "dreambooth":
-            cfg = DreamBoothConfig(identifier=ident, class_noun=noun, instance_template="a portrait of a {identifier} {class_noun}",
-                                   class_template="a portrait of a {class_noun}", prior_weight=sec.prior_weight,
+            cfg = DreamBoothConfig(identifier=ident, class_noun=noun, instance_template=INSTANCE_TEMPLATE,
+                                   class_template=CLASS_TEMPLATE, prior_weight=sec.prior_weight,
                                    num_class_images=sec.num_class_images, class_sampler=run.sampler,
                                    class_steps=sec.class_steps, class_guidance=config.guidance, **common)
             train_dreambooth(model, images, cfg, class_cache=Path(ctx.cache_dir) / "personalization" / "class-images")
@@ -240,7 +287,7 @@ def _evaluate_variant(ctx: ExperimentContext, config: PersonalizationConfig, nam
         rows.append({"variant": name, "prompt": shown, **per_prompt[p]})
         for k, v in m.items():
             values.setdefault(k, []).extend(v.tolist())
-    class_imgs = _render(model, f"a portrait of a {noun}", config, ctx.show_progress)
+    class_imgs = _render(model, CLASS_TEMPLATE.format(class_noun=noun), config, ctx.show_progress)
     images.append(class_imgs)
     if base_class is not None:
         values["class_drift_lpips_like"] = filter_bank_distance(class_imgs, base_class).tolist()
@@ -304,7 +351,7 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             res.measurements[name] = {k: rec.get(k) for k in ("seconds", "peak_mib", "memory_method", "device", "trained_at")}
         per_method.append(entry)
     if grids:
-        cols = list(prompts) + [f"a portrait of a {noun} (drift check)"]
+        cols = list(prompts) + [f"{CLASS_TEMPLATE.format(class_noun=noun)} (drift check)"]
         res.figures.append(Figure("results_grid", "Base model and each method × the prompts (Figs. 4.18–4.20)", image_grid(
             [imgs for _, imgs in grids], row_labels=[METHOD_TITLES.get(n, "base") for n, _ in grids], col_labels=cols),
             f"Each cell: seeds {', '.join(map(str, run.seeds))}. Textual inversion writes '{token}' for "

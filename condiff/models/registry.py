@@ -6,7 +6,8 @@ Stable Diffusion folder or single file to :mod:`condiff.models.sd_loader`. Both 
 :class:`~condiff.models.ldm.LatentDiffusion`, so every pipeline has one code path.
 
 Built-in components live one folder each (``config.json`` with sha256 of every shard, the
-safetensors shards, ``MODEL_CARD.md``); checksums are verified at load time.
+safetensors shards, ``MODEL_CARD.md``); checksums are verified at load time. :data:`COMPONENT_ROLES`
+says what each one is for (``condiff models list``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .weights import WeightsError, load_weights, read_config
 __all__ = [
     "WEIGHTS_DIR",
     "BUILTIN_MODELS",
+    "COMPONENT_ROLES",
     "builtin_components",
+    "component_role",
     "component_dir",
     "load_component",
     "load_model",
@@ -40,6 +43,29 @@ WEIGHTS_DIR = Path(os.environ.get("CONDIFF_WEIGHTS", Path(__file__).resolve().pa
 
 #: Names accepted by :func:`load_model` for the built-in world.
 BUILTIN_MODELS = ("builtin",)
+
+
+#: What each built-in component is for. Two image towers of the same architecture ship on purpose:
+#: ``evalenc`` measures (every built-in metric) and may be retrained; ``unclip-embedder`` is the frozen
+#: tower unCLIP's prior and decoder were trained on (named in their configs).
+COMPONENT_ROLES = {
+    "vae": "KL autoencoder (f=4) of the latent models",
+    "ldm": "text-to-image latent U-Net (MiniLM cross-attention)",
+    "ldm-inpaint": "inpainting latent U-Net (9 input channels)",
+    "evalenc": "evaluation encoder condiff-evalenc (LiT vs. MiniLM): every built-in metric",
+    "unclip-embedder": "unCLIP's image tower: frozen snapshot of condiff-evalenc of 2026-11-26",
+    "classifier": "noisy style classifier (classifier guidance)",
+    **{f"controlnet-{k}": f"ControlNet, {k} condition" for k in ("canny", "lineart", "softedge", "depth", "normal", "pose")},
+    "cascade-base": "cascade base: 64×64 pixel U-Net",
+    "cascade-sr": "cascade SR3 stage 64→128 (also unCLIP's upsampler)",
+    "unclip-prior": "unCLIP prior: caption → image embedding",
+    "unclip-decoder": "unCLIP decoder: image embedding → 64×64 picture",
+    "personalization": "shipped experiment-3 results (LoRA, textual inversion)",
+}
+
+
+def component_role(name: str) -> str:
+    return COMPONENT_ROLES.get(name, "")
 
 
 def component_dir(name: str) -> Path:

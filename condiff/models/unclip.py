@@ -1,12 +1,19 @@
 """unCLIP (thesis 3.2.1, Fig. 3.5; Ramesh et al. 2022 "DALL-E 2"): a text → image-embedding prior and
 an image-embedding → image decoder, over condiff's own CLIP-style embedding space.
 
-The CLIP of the built-in world is ``condiff-evalenc`` (:mod:`condiff.nn.image_encoder`): an image
-tower trained contrastively against the frozen MiniLM sentence embedding, so MiniLM's pooled
-caption embedding plays CLIP's text embedding and evalenc's image embedding CLIP's image
-embedding. Both are L2-normalised 384-d vectors; inside the models they are multiplied by
-√384 (:data:`EMBED_SCALE`) so each coordinate has roughly unit variance (as DALL-E 2 scales CLIP
-embeddings before diffusing them).
+The CLIP of the built-in world is a ``condiff-evalenc``-style image tower
+(:mod:`condiff.nn.image_encoder`) trained contrastively against the frozen MiniLM sentence
+embedding, so MiniLM's pooled caption embedding plays CLIP's text embedding and the tower's image
+embedding CLIP's image embedding. Both are L2-normalised 384-d vectors; inside the models they are
+multiplied by √384 (:data:`EMBED_SCALE`) so each coordinate has roughly unit variance (as DALL-E 2
+scales CLIP embeddings before diffusing them).
+
+**Which image tower.** The prior and decoder only work in the embedding space they were trained
+in, so unCLIP does not follow the evaluation encoder (component ``evalenc``, which is retrained to
+improve the metrics). The unCLIP configs name their image-encoder component under
+:data:`IMAGE_ENCODER_KEY` (``"image_encoder_component"``); the shipped ones name
+``unclip-embedder``, a frozen, byte-identical snapshot of ``condiff-evalenc`` of 2026-11-26 that
+they were trained on. A config without the key (older exports) means ``evalenc``.
 
 * **Prior** (:class:`UnCLIPPrior`): a diffusion model over the 384-d image embedding. A small
   transformer reads the sequence [text tokens (optional), pooled text embedding, timestep
@@ -49,12 +56,17 @@ __all__ = [
     "EMBED_DIM",
     "EMBED_SCALE",
     "UNCLIP_COMPONENTS",
+    "UNCLIP_EMBEDDER",
+    "EVALENC",
+    "IMAGE_ENCODER_KEY",
     "PriorConfig",
     "UnCLIPPrior",
     "DecoderConfig",
     "UnCLIPDecoder",
     "UnCLIPModel",
     "pool_tokens",
+    "image_encoder_component",
+    "load_image_encoder",
     "load_evalenc",
     "load_unclip",
 ]
@@ -62,6 +74,11 @@ __all__ = [
 EMBED_DIM = 384
 EMBED_SCALE = math.sqrt(EMBED_DIM)
 UNCLIP_COMPONENTS = {"prior": "unclip-prior", "decoder": "unclip-decoder"}
+#: The evaluation encoder (every built-in metric) and unCLIP's own frozen image tower.
+EVALENC = "evalenc"
+UNCLIP_EMBEDDER = "unclip-embedder"
+#: Key of the unCLIP configs naming their image-encoder component (absent: :data:`EVALENC`).
+IMAGE_ENCODER_KEY = "image_encoder_component"
 
 
 def pool_tokens(context: Tensor, mask: Tensor) -> Tensor:
@@ -221,9 +238,10 @@ ImageEncoderFn = Callable[[Tensor], Tensor]
 
 @dataclass
 class UnCLIPModel:
-    """Prior + decoder (+ optional SR upsampler) over the evalenc embedding space.
+    """Prior + decoder (+ optional SR upsampler) over one image tower's embedding space.
 
-    ``image_encoder(images in [0, 1]) -> [B, 384]`` normalised embeddings (evalenc);
+    ``image_encoder(images in [0, 1]) -> [B, 384]`` normalised embeddings (the component named
+    ``image_encoder_component``: ``unclip-embedder`` for the shipped model, see the module doc);
     ``text_encoder(prompts) -> (context, mask)`` (MiniLM); ``upsampler``: a :class:`CascadeModel`
     whose SR stage takes the decoder's 64×64 output to 128×128 (None: output at 64×64).
     """
@@ -240,6 +258,7 @@ class UnCLIPModel:
     upsampler: CascadeModel | None = None
     name: str = "builtin-unclip"
     info: dict[str, Any] = field(default_factory=dict)
+    image_encoder_component: str = EVALENC
 
     @property
     def device(self) -> torch.device:
@@ -281,10 +300,10 @@ class UnCLIPModel:
 
     @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
-        """evalenc embeddings of images in [0, 1] (resized to the encoder's training size)."""
+        """Image-tower embeddings of images in [0, 1] (resized to the encoder's training size)."""
         if self.image_encoder is None:
-            raise ValueError("this unCLIP model has no image encoder (evalenc weights missing); "
-                             "image variations need it")
+            raise ValueError(f"this unCLIP model has no image encoder (component {self.image_encoder_component!r} "
+                             "missing); image variations need it")
         size = getattr(getattr(self.image_encoder, "config", None), "image_size", None)
         if size and images.shape[-1] != size:
             images = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False,
@@ -323,24 +342,46 @@ def _schedule(config: dict) -> DiscreteSchedule:
     return DiscreteSchedule.named(s["name"], int(s["steps"]))
 
 
-def load_evalenc(weights_dir: str | Path | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
-    """The evaluation encoder ``condiff-evalenc`` (component ``evalenc``) from ``weights_dir`` (default:
-    condiff's weights folder): unCLIP's CLIP image tower."""
+def image_encoder_component(*configs: dict) -> str:
+    """The image-encoder component named by unCLIP configs (:data:`IMAGE_ENCODER_KEY`; absent: ``evalenc``).
+
+    Empty configs (a component that is not there) are ignored; the others must agree, as prior and
+    decoder share one embedding space.
+    """
+    named = {c.get(IMAGE_ENCODER_KEY) or EVALENC for c in configs if c}
+    if len(named) > 1:
+        raise WeightsError(f"the unCLIP prior and decoder were trained on different image encoders {sorted(named)} "
+                           f"(config key {IMAGE_ENCODER_KEY!r}, absent = {EVALENC!r}); they must share one "
+                           "embedding space")
+    return named.pop() if named else EVALENC
+
+
+def load_image_encoder(component: str, weights_dir: str | Path | None = None, *, device="cpu",
+                       dtype=torch.float32) -> nn.Module:
+    """An image tower (kind ``image-encoder``) by component name from ``weights_dir`` (default: condiff's)."""
     from ..nn.image_encoder import ImageEncoder, ImageEncoderConfig
     from .registry import WEIGHTS_DIR
 
-    folder = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / "evalenc"
+    folder = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / component
     if not (folder / "config.json").exists():
-        raise ValueError(f"no evaluation encoder weights in {folder} (component 'evalenc'); train them with the "
-                         "job's evalenc stage")
+        hint = "train it with the job's evalenc stage" if component == EVALENC else "see its MODEL_CARD.md"
+        raise ValueError(f"no image encoder weights in {folder} (component {component!r}); {hint}")
     net, _ = _load_component(folder, lambda c: ImageEncoder(ImageEncoderConfig.from_dict(c)), device, dtype)
     return net
 
 
+def load_evalenc(weights_dir: str | Path | None = None, *, device="cpu", dtype=torch.float32) -> nn.Module:
+    """The evaluation encoder ``condiff-evalenc`` (component ``evalenc``) from ``weights_dir`` (default:
+    condiff's weights folder): what every built-in metric measures with. unCLIP itself loads the
+    component its configs name (:func:`image_encoder_component`)."""
+    return load_image_encoder(EVALENC, weights_dir, device=device, dtype=dtype)
+
+
 def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=torch.float32,
                 text_encoder: TextEncoder | None = None, with_upsampler: bool = True) -> UnCLIPModel:
-    """The built-in unCLIP model: ``unclip-decoder`` (required), ``unclip-prior``, ``evalenc`` and the
-    cascade's SR stage (``cascade-sr``) when present."""
+    """The built-in unCLIP model: ``unclip-decoder`` (required), ``unclip-prior``, the image encoder its
+    configs name (:func:`image_encoder_component`: ``unclip-embedder``, or ``evalenc`` for configs
+    without the key) and the cascade's SR stage (``cascade-sr``) when present."""
     from .registry import WEIGHTS_DIR
 
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
@@ -352,7 +393,9 @@ def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=to
     if (root / UNCLIP_COMPONENTS["prior"] / "config.json").exists():
         prior, pcfg = _load_component(root / UNCLIP_COMPONENTS["prior"], lambda c: UnCLIPPrior(PriorConfig.from_dict(c)),
                                       device, dtype)
-    image_encoder = load_evalenc(root, device=device, dtype=dtype) if (root / "evalenc" / "config.json").exists() else None
+    encoder_name = image_encoder_component(dcfg, pcfg)
+    image_encoder = (load_image_encoder(encoder_name, root, device=device, dtype=dtype)
+                     if (root / encoder_name / "config.json").exists() else None)
     if text_encoder is None:
         from .registry import builtin_text_encoder as _text_encoder
 
@@ -370,5 +413,6 @@ def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=to
         info={"default_guidance": float(dcfg.get("default_guidance", 3.0)),
               "prior_guidance": float(pcfg.get("default_guidance", 2.0)),
               "default_steps": int(dcfg.get("default_steps", 25)),
-              "prior_steps": int(pcfg.get("default_steps", 25))},
+              "prior_steps": int(pcfg.get("default_steps", 25)), "image_encoder": encoder_name},
+        image_encoder_component=encoder_name,
     )

@@ -116,12 +116,28 @@ class MiniLMTextEncoder(nn.Module):
         enc = self.tokenizer(
             list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        if self._known_ids is not None:  # a compact copy: every token must have its embedding row
-            unknown = set(enc["input_ids"].flatten().tolist()) - self._known_ids
-            if unknown:
-                words = self.tokenizer.convert_ids_to_tokens(sorted(unknown))[:10]
-                raise ValueError(f"the compact MiniLM copy has no embedding for tokens {words}; re-export it with these captions")
+        self.check_token_ids(enc["input_ids"].flatten().tolist())
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device).bool()
+
+    @property
+    def is_compact(self) -> bool:
+        """True for a compact copy (:func:`export_compact`): only some embedding rows are real."""
+        return self._known_ids is not None
+
+    def check_token_ids(self, ids: Iterable[int]) -> None:
+        """ValueError if a compact copy has no embedding row for one of ``ids`` (no-op for the full model)."""
+        if self._known_ids is None:
+            return
+        unknown = set(int(i) for i in ids) - self._known_ids
+        if unknown:
+            words = self.tokenizer.convert_ids_to_tokens(sorted(unknown))[:10]
+            raise ValueError(f"the compact MiniLM copy has no embedding for tokens {words}; re-export it with these "
+                             "captions (python -m condiff.train.recipes.bundle)")
+
+    def allow_token_ids(self, ids: Iterable[int]) -> None:
+        """Mark rows as real in a compact copy: tokens added later (textual inversion) that now have rows."""
+        if self._known_ids is not None:
+            self._known_ids.update(int(i) for i in ids)
 
     def encode_ids(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask.long())
@@ -150,12 +166,14 @@ class MiniLMTextEncoder(nn.Module):
             init_ids = self.tokenizer(initializer, add_special_tokens=False)["input_ids"]
             if not init_ids:
                 raise ValueError(f"initializer word {initializer!r} has no tokens")
+            self.check_token_ids(init_ids)
             init = emb[init_ids].mean(0)
         else:
+            if self.is_compact:
+                raise ValueError("a compact MiniLM copy has no full embedding table to average; give an initializer word")
             init = emb.mean(0)
         self.tokenizer.add_tokens(tokens)
-        if self._known_ids is not None:
-            self._known_ids.update(self.tokenizer.convert_tokens_to_ids(tokens))
+        self.allow_token_ids(self.tokenizer.convert_tokens_to_ids(tokens))
         self.bert.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         new_ids = self.tokenizer.convert_tokens_to_ids(tokens)
         with torch.no_grad():

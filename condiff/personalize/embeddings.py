@@ -238,6 +238,9 @@ def _add_token_rows(text_encoder: Any, tokens: Sequence[str], vectors: Tensor, r
     emb = _grow_embedding(text_encoder, max(ids) + 1)
     with torch.no_grad():
         emb.weight[ids] = vectors.to(emb.weight)
+    allow = getattr(text_encoder, "allow_token_ids", None)  # a compact MiniLM: these rows are real now
+    if callable(allow):
+        allow(ids)
     if len(tokens) > 1:
         tok.expansions[tokens[0]] = len(tokens)
     return ids
@@ -255,10 +258,15 @@ def initializer_vector(text_encoder: Any, initializer: str | None) -> Tensor:
     """Mean token embedding of ``initializer``'s word pieces (or of the whole table if None)."""
     emb = token_embedding(text_encoder).weight.detach()
     if not initializer:
+        if getattr(text_encoder, "is_compact", False):  # most rows of a compact MiniLM are zeros
+            raise ValueError("a compact MiniLM copy has no full embedding table to average; give an initializer word")
         return emb.mean(0).float().cpu()
     ids = text_tokenizer(text_encoder)(initializer, add_special_tokens=False)["input_ids"]
     if not ids:
         raise ValueError(f"the initializer word {initializer!r} has no tokens")
+    check = getattr(text_encoder, "check_token_ids", None)  # a compact MiniLM: the rows must be real
+    if callable(check):
+        check(ids)
     return emb[list(ids)].float().mean(0).cpu()
 
 

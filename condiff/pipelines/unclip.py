@@ -1,11 +1,11 @@
 """Pipelines of unCLIP (thesis 3.2.1, Fig. 3.5; experiment 2 §4.3.2): prior + decoder (+ SR upsampler).
 
-* :func:`generate`: prompt → MiniLM tokens + pooled embedding → the **prior** samples an evalenc
-  image embedding (CFG on the text, eq. 3.9) → normalised → the **decoder** samples 64×64 pixels
+* :func:`generate`: prompt → MiniLM tokens + pooled embedding → the **prior** samples an
+  image embedding (of unCLIP's image tower, ``unclip-embedder``; see :mod:`condiff.models.unclip`) (CFG on the text, eq. 3.9) → normalised → the **decoder** samples 64×64 pixels
   from it (CFG on the embedding) → the cascade's SR stage upsamples to 128×128.
 * :func:`variations`: "An input image is encoded using CLIP and used as decoder input. This creates
   a new image that preserves the semantic information while varying the non-essential details"
-  (thesis 3.2.1): the image's evalenc embedding, n fresh noise seeds, the decoder.
+  (thesis 3.2.1): the image's embedding by that tower, n fresh noise seeds, the decoder.
 * :func:`inpaint`: zero-shot inpainting with the decoder: the embedding comes from the prompt
   through the prior (or from the image itself, ``embedding="image"``); the decoder blends the known
   64×64 pixels (:class:`~condiff.editing.BlendInpaint`); the SR stage blends the known 128×128
@@ -131,7 +131,7 @@ def variations(model: UnCLIPModel, image: Tensor, n: int = 4, seed: int = 0, *, 
                guidance: float | None = None, steps: int | None = None, sampler: str = "dpmpp_2m",
                schedule: str | None = None, noise_level: float | None = None, sr_steps: int | None = None,
                show_progress: bool = True) -> PipelineResult:
-    """``n`` variations of one image [1, 3, H, W] in [0, 1]: same evalenc embedding, seeds seed..seed+n−1.
+    """``n`` variations of one image [1, 3, H, W] in [0, 1]: same image embedding, seeds seed..seed+n−1.
 
     ``extras["embedding"]`` holds the source embedding [1, 384].
     """
@@ -159,8 +159,8 @@ def inpaint(model: UnCLIPModel, image: Tensor, mask: Tensor, prompt: str | Seque
             seed: int | Sequence[int] = 0, show_progress: bool = True) -> PipelineResult:
     """Zero-shot inpainting via the decoder with blending (mask 1 = repaint); see the module doc.
 
-    ``embedding``: "prompt" (the prior's embedding of the prompt) or "image" (the evalenc embedding
-    of the picture itself). ``image`` [B, 3, H, W] in [0, 1], H = W = a multiple of the decoder size.
+    ``embedding``: "prompt" (the prior's embedding of the prompt) or "image" (the model's image-tower
+    embedding of the picture itself). ``image`` [B, 3, H, W] in [0, 1], H = W = a multiple of the decoder size.
     Returns the composite; ``extras = {"raw": before compositing, "decoder": 64² result}``.
     """
     if embedding not in ("prompt", "image"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models.weights import save_weights
+from ...io import atomic_path
+from ...models.weights import WeightsError, read_config, save_weights, sha256_file
 
-__all__ = ["export_component", "write_model_card", "add_card_metrics", "strip_prefix"]
+__all__ = ["export_component", "write_model_card", "add_card_metrics", "strip_prefix", "snapshot_component",
+           "update_component_config"]
 
 
 def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -81,5 +84,44 @@ def add_card_metrics(folder: str | Path, metrics: dict[str, Any], note: str | No
     if note:
         card["summary"] = (card.get("summary", "") + "\n\n" + note).strip()
     config = json.loads((folder / "config.json").read_text())
+    files = config.pop("files", {})
+    return write_model_card(folder, src["kind"], config, files, card)
+
+
+def snapshot_component(src: str | Path, dst: str | Path, card: dict[str, Any]) -> dict[str, str]:
+    """A frozen, byte-identical copy of a component (weight shards and config.json) under a new name,
+    with its own model card. Checksums are verified before and after copying; returns {file: sha256}."""
+    src, dst = Path(src), Path(dst)
+    config = read_config(src)
+    files = dict(config.get("files", {}))
+    if not files:
+        raise WeightsError(f"{src}/config.json lists no weight files")
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; a snapshot is never overwritten in place")
+    for name, digest in files.items():
+        if sha256_file(src / name) != digest:
+            raise WeightsError(f"checksum mismatch for {src / name}; not snapshotting a corrupted component")
+    dst.mkdir(parents=True)
+    for name in [*files, "config.json"]:
+        shutil.copyfile(src / name, dst / name)
+    for name, digest in files.items():
+        if sha256_file(dst / name) != digest:  # pragma: no cover - a failing disk
+            raise WeightsError(f"the copy {dst / name} does not match its checksum")
+    config.pop("files")
+    write_model_card(dst, config["kind"], config, files, card)
+    return files
+
+
+def update_component_config(folder: str | Path, updates: dict[str, Any], note: str | None = None) -> Path:
+    """Change keys of a component's config.json (weights untouched) and re-render its model card."""
+    folder = Path(folder)
+    config = read_config(folder)
+    config.update(updates)
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
+    src = json.loads((folder / "card.json").read_text())
+    card = src["card"]
+    if note:
+        card["summary"] = (card.get("summary", "") + "\n\n" + note).strip()
     files = config.pop("files", {})
     return write_model_card(folder, src["kind"], config, files, card)

@@ -1,7 +1,14 @@
-"""Recipes: the unCLIP prior and decoder (thesis 3.2.1; Ramesh et al. 2022) over condiff-evalenc embeddings.
+"""Recipes: the unCLIP prior and decoder (thesis 3.2.1; Ramesh et al. 2022) over a frozen image tower's embeddings.
 
-Both stages need the evaluation encoder (component ``evalenc``, the job's ``evalenc`` stage): every
-picture of the world is embedded once (normalised 384-d, cached for the job).
+Both stages need unCLIP's image tower: component ``unclip-embedder`` when the job has it (trained
+here or in ``--init``), else the evaluation encoder ``evalenc`` (the job's ``evalenc`` stage). Every
+picture of the world is embedded once (normalised 384-d, cached for the job), and the component's
+name is written into both exported configs (``image_encoder_component``), so the shipped unCLIP
+always loads the tower it was trained on, whatever later happens to ``evalenc`` (which is
+retrained to improve the metrics). ``unclip-embedder`` itself is a frozen snapshot of an
+``evalenc``, made once by :func:`freeze_unclip_embedder`::
+
+    python -m condiff.train.recipes.unclip freeze-embedder --weights condiff/weights
 
 * ``unclip-prior`` → component ``unclip-prior``: x0-prediction with a plain MSE (DALL-E 2's prior
   loss, λ(σ) = 1 in :class:`~condiff.losses.WeightedDenoisingLoss`) of the embedding scaled by √384,
@@ -16,10 +23,13 @@ picture of the world is embedded once (normalised 384-d, cached for the job).
 Model-card metrics on held-out records: for the prior, the cosine between the sampled embedding
 and the picture's true embedding, next to two baselines (the caption's own MiniLM embedding used
 as the image embedding, and another picture's embedding); for the decoder, the cosine between the
-evalenc embedding of the decoded picture and the embedding it was conditioned on.
+embedding (same tower) of the decoded picture and the embedding it was conditioned on.
 """
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -27,21 +37,47 @@ from torch import Tensor, nn
 from ...denoisers import Cond
 from ...losses import TableSigmas, VPredictionLoss, WeightedDenoisingLoss
 from ...models.cascade import downsample, pixel_denoiser
-from ...models.unclip import EMBED_SCALE, DecoderConfig, PriorConfig, UnCLIPDecoder, UnCLIPModel, UnCLIPPrior
+from ...models.unclip import (EMBED_SCALE, EVALENC, IMAGE_ENCODER_KEY, UNCLIP_COMPONENTS, UNCLIP_EMBEDDER,
+                              DecoderConfig, PriorConfig, UnCLIPDecoder, UnCLIPModel, UnCLIPPrior)
+from ...models.weights import load_weights, read_config
 from ...nn.unet import count_parameters
 from ...schedules import DiscreteSchedule
-from .cascade import (SCHEDULE, _card, _pick_context, _to_model_range, evalenc_embeddings, fit_stage, load_evalenc,
-                      text_encoder, warm_start)
-from .export import export_component
+from .cascade import (SCHEDULE, _card, _pick_context, _to_model_range, evalenc_embeddings, fit_stage, text_encoder,
+                      warm_start)
+from .export import export_component, snapshot_component, update_component_config
 
-__all__ = ["PriorObjective", "DecoderObjective", "world_embeddings", "stage_unclip_prior", "stage_unclip_decoder"]
+__all__ = ["PriorObjective", "DecoderObjective", "unclip_encoder_component", "load_unclip_encoder", "world_embeddings",
+           "stage_unclip_prior", "stage_unclip_decoder", "freeze_unclip_embedder", "main"]
+
+
+def unclip_encoder_component(ctx) -> str:
+    """The image tower unCLIP trains on: ``unclip-embedder`` when the job has it, else ``evalenc``."""
+    return UNCLIP_EMBEDDER if ctx.has(UNCLIP_EMBEDDER) else EVALENC
+
+
+def load_unclip_encoder(ctx) -> nn.Module:
+    """unCLIP's image tower (:func:`unclip_encoder_component`) on the job's device, loaded once per job."""
+    name = unclip_encoder_component(ctx)
+    if ("unclip_encoder", name) not in ctx.cache:
+        if not ctx.has(name):
+            raise FileNotFoundError(f"the unCLIP stages need an image encoder: component {UNCLIP_EMBEDDER!r} or "
+                                    f"{EVALENC!r}; run the job's evalenc stage first or pass --init with one of them")
+        from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
+
+        folder = ctx.component(name)
+        enc = ImageEncoder(ImageEncoderConfig.from_dict(read_config(folder)["network"]))
+        enc.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+        print(f"unCLIP image encoder: {name} ({folder})", flush=True)
+        ctx.cache[("unclip_encoder", name)] = enc.to(ctx.device).eval().requires_grad_(False)
+    return ctx.cache[("unclip_encoder", name)]
 
 
 def world_embeddings(ctx) -> Tensor:
-    """evalenc embeddings [N, 384] of every world picture (computed once per job)."""
-    if "evalenc_emb" not in ctx.cache:
-        ctx.cache["evalenc_emb"] = evalenc_embeddings(load_evalenc(ctx, required=True), ctx.world.images)
-    return ctx.cache["evalenc_emb"]
+    """unCLIP-tower embeddings [N, 384] of every world picture (computed once per job)."""
+    key = ("unclip_emb", unclip_encoder_component(ctx))
+    if key not in ctx.cache:
+        ctx.cache[key] = evalenc_embeddings(load_unclip_encoder(ctx), ctx.world.images)
+    return ctx.cache[key]
 
 
 class PriorObjective:
@@ -87,9 +123,10 @@ def _split(ctx, text: dict) -> tuple[Tensor, Tensor]:
     return tr, tr.to(text["ctx"].device)
 
 
-def _extra(prediction: str, **kw) -> dict:
-    return {"schedule": SCHEDULE, "prediction": prediction, "embedding": "condiff-evalenc (normalised, ×√384 inside)",
-            "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 24, **kw}
+def _extra(ctx, prediction: str, **kw) -> dict:
+    encoder = unclip_encoder_component(ctx)
+    return {"schedule": SCHEDULE, "prediction": prediction, "embedding": f"{encoder} (normalised, ×√384 inside)",
+            IMAGE_ENCODER_KEY: encoder, "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 24, **kw}
 
 
 @torch.no_grad()
@@ -128,9 +165,9 @@ def stage_unclip_prior(ctx) -> None:
     metrics = _prior_metrics(ctx, prior, schedule, emb)
     ctx.log["unclip-prior"] = {**info, **metrics}
     export_component(prior, ctx.weights / "unclip-prior", kind="unclip-prior", network_config=cfg.to_dict(),
-                     extra=_extra("x0", default_guidance=2.0, default_steps=25),
+                     extra=_extra(ctx, "x0", default_guidance=2.0, default_steps=25),
                      card=_card(ctx, "unclip-prior", info, count_parameters(prior), metrics,
-                                "Built-in unCLIP prior: caption → condiff-evalenc image embedding",
+                                f"Built-in unCLIP prior: caption → {unclip_encoder_component(ctx)} image embedding",
                                 "Transformer over [caption tokens, pooled caption, timestep, noisy embedding]; "
                                 "x0-prediction, MSE, 10 % text dropout (DALL-E 2's diffusion prior)."))
 
@@ -140,14 +177,14 @@ def _decoder_metrics(ctx, decoder: UnCLIPDecoder, schedule: DiscreteSchedule, em
     from ...pipelines.common import noise_for
     from ...pipelines.unclip import decode
 
-    enc = load_evalenc(ctx, required=True)
+    enc, name = load_unclip_encoder(ctx), unclip_encoder_component(ctx)
     ev = ctx.world.is_eval.nonzero().squeeze(1)[: 4 if ctx.small else 64]
     model = UnCLIPModel(None, decoder, text_encoder(ctx), image_encoder=enc, decoder_schedule=schedule)
     cond = emb[ev.to(emb.device)].to(ctx.device)
     _, low = decode(model, cond, [""] * len(ev), guidance=3.0, steps=2 if ctx.small else 25,
                     noise=noise_for(0, len(ev)), show_progress=False)
     got = model.encode_images(((low.clamp(-1, 1) + 1) / 2).float())
-    return {"cos(evalenc(decoded), conditioning embedding) (CFG 3, no caption)": round(float((got * cond).sum(1).mean()), 4),
+    return {f"cos({name}(decoded), conditioning embedding) (CFG 3, no caption)": round(float((got * cond).sum(1).mean()), 4),
             "baseline cos(another picture's embedding, conditioning)": round(float((cond.roll(1, 0) * cond).sum(1).mean()), 4),
             "held-out embeddings": len(ev)}
 
@@ -175,9 +212,66 @@ def stage_unclip_decoder(ctx) -> None:
     metrics = _decoder_metrics(ctx, decoder, schedule, emb)
     ctx.log["unclip-decoder"] = {**info, **metrics}
     export_component(decoder, ctx.weights / "unclip-decoder", kind="unclip-decoder", network_config=cfg.to_dict(),
-                     extra=_extra("v", image_size=64, default_guidance=3.0, default_steps=25),
+                     extra=_extra(ctx, "v", image_size=64, default_guidance=3.0, default_steps=25),
                      card=_card(ctx, "unclip-decoder", info, count_parameters(decoder), metrics,
-                                "Built-in unCLIP decoder: condiff-evalenc embedding → 64×64 picture",
+                                f"Built-in unCLIP decoder: {unclip_encoder_component(ctx)} embedding → 64×64 picture",
                                 "Pixel U-Net; embedding added to the timestep embedding and as 4 extra "
                                 "cross-attention tokens; 10 % null embedding, 50 % empty caption; upsampled to "
                                 "128² by the cascade's SR stage (DALL-E 2's decoder + upsampler)."))
+
+
+# ----------------------------------------------------------------------------- unCLIP's own image tower
+
+
+def freeze_unclip_embedder(weights: str | Path, source: str = EVALENC, *, point_unclip: bool = True) -> Path:
+    """Snapshot ``weights/<source>`` (byte-identical shards + config.json) as ``weights/unclip-embedder``
+    with its own model card, and name it in the unCLIP configs found there (``image_encoder_component``).
+
+    Only valid while ``source`` is the tower those unCLIP components were trained on: run it before
+    retraining ``evalenc``, never after.
+    """
+    import json
+
+    weights = Path(weights)
+    src, dst = weights / source, weights / UNCLIP_EMBEDDER
+    src_card = json.loads((src / "card.json").read_text())["card"]
+    files = read_config(src)["files"]
+    trained = src_card.get("trained", "unknown date")
+    digests = ", ".join(f"`{name}` sha256 `{digest}`" for name, digest in files.items())
+    users = [c for c in UNCLIP_COMPONENTS.values() if (weights / c / "config.json").exists()]
+    card = {
+        **{k: v for k, v in src_card.items() if k not in ("title", "summary")},
+        "title": f"unclip-embedder: unCLIP's image tower (frozen condiff-evalenc of {trained})",
+        "summary": (f"The image tower that unCLIP's prior and decoder (components `unclip-prior`, `unclip-decoder`) "
+                    f"were trained on: a frozen snapshot of condiff-evalenc (component `{source}`) of {trained}, "
+                    f"byte-identical to it ({digests}). unCLIP loads the image encoder its configs name "
+                    f"(`{IMAGE_ENCODER_KEY}`), so retraining `evalenc`, the evaluation encoder behind every "
+                    "built-in metric, does not move unCLIP's embedding space. Do not retrain this component in "
+                    "place: a new tower needs a new unCLIP prior and decoder trained on it. The fields and "
+                    f"metrics below are those of the `{source}` training run that produced these weights."),
+    }
+    snapshot_component(src, dst, card)
+    if point_unclip:
+        for name in users:
+            update_component_config(
+                weights / name, {IMAGE_ENCODER_KEY: UNCLIP_EMBEDDER,
+                                 "embedding": f"{UNCLIP_EMBEDDER} (normalised, ×√384 inside)"},
+                note=f"Image tower: component `{UNCLIP_EMBEDDER}` (config key `{IMAGE_ENCODER_KEY}`), the frozen "
+                     f"condiff-evalenc of {trained} this model was trained on.")
+    print(f"{src} -> {dst}" + (f"; {', '.join(users)} now name it" if point_unclip and users else ""))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="unCLIP maintenance (the stages run through condiff.train.recipes.job).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("freeze-embedder", help=freeze_unclip_embedder.__doc__.split("\n")[0])
+    f.add_argument("--weights", required=True, help="A weights folder (e.g. condiff/weights).")
+    f.add_argument("--source", default=EVALENC, help="The component to snapshot (default: evalenc).")
+    f.add_argument("--no-point-unclip", action="store_true", help="Leave the unCLIP configs unchanged.")
+    a = p.parse_args(argv)
+    freeze_unclip_embedder(a.weights, a.source, point_unclip=not a.no_point_unclip)
+
+
+if __name__ == "__main__":
+    main()
