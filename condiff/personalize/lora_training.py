@@ -100,7 +100,7 @@ def train_lora(model: Any, images: ImageSet, captions: Sequence[str], config: Lo
     def step_loss(step: int, g: torch.Generator):
         idx = torch.randint(0, len(images), (b,), generator=g)
         flip = torch.rand(b, generator=g) < 0.5 if images.flip else torch.zeros(b, dtype=torch.bool)
-        z0 = torch.where(flip[:, None, None, None], flipped[idx], latents[idx]).to(device)
+        z0 = torch.where(flip.to(latents.device)[:, None, None, None], flipped[idx], latents[idx]).to(device)
         cond = prompt_cond(model, [captions[int(i)] for i in idx], grad=text_lora)
         return loss_fn(denoiser, z0, cond, g).mean()
 

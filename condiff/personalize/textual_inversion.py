@@ -141,7 +141,7 @@ def train_textual_inversion(
     def step_loss(step: int, g: torch.Generator) -> Tensor:
         idx = torch.randint(0, len(images), (loop.batch_size,), generator=g)
         flip = torch.rand(loop.batch_size, generator=g) < 0.5 if images.flip else torch.zeros(loop.batch_size, dtype=torch.bool)
-        z0 = torch.where(flip[:, None, None, None], flipped[idx], latents[idx]).to(device)
+        z0 = torch.where(flip.to(latents.device)[:, None, None, None], flipped[idx], latents[idx]).to(device)
         t_idx = torch.randint(0, len(templates), (loop.batch_size,), generator=g)
         prompts = [templates[int(i)].format(placeholder) for i in t_idx]
         cond = prompt_cond(model, prompts, grad=True)
