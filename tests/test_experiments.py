@@ -1,5 +1,6 @@
 """The thesis's experiments: a reduced `condiff demo` end to end on a tiny model, sweeps, configs, personalization."""
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -353,4 +354,13 @@ def test_personalization_trains_caches_and_reuses_results(tmp_path, monkeypatch)
     assert find_result(ctx, config, "dreambooth") is None and find_result(ctx, config, "lora").folder == shipped
     assert find_result(ctx, config, "lora").source == "shipped (other settings)"
     ctx.train = True  # --train: the config's settings are trained, not stood in for by the shipped result
+    assert find_result(ctx, config, "lora") is None
+    # a result trained on other base weights (e.g. an older built-in ldm) never stands in, shipped or cached
+    ctx.train = False
+    config.lora.steps = 2
+    assert find_result(ctx, config, "lora").source == "shipped"
+    other = dataclasses.replace(model, unet=copy.deepcopy(model.unet))
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    ctx.model = other
     assert find_result(ctx, config, "lora") is None

@@ -34,6 +34,7 @@ import hashlib
 import json
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,25 @@ def _method_prompt(method: str, prompt: str, identifier: str, noun: str, token: 
 # --------------------------------------------------------------------------- artefacts
 
 
+_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def base_fingerprint(model) -> str:
+    """sha256 (16 hex digits) of the base U-Net's weights: a personalization trained on other weights
+    (e.g. a LoRA of an older built-in ``ldm``) must not stand in for this model's."""
+    unet = model.unet
+    if unet not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for name, t in sorted(unet.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        _FINGERPRINTS[unet] = h.hexdigest()[:16]
+    return _FINGERPRINTS[unet]
+
+
 def _settings(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> dict[str, Any]:
-    return {"model": ctx.model.name, "image_size": ctx.model.image_size, "method": method, "seed": config.run.seed,
+    return {"model": ctx.model.name, "base_unet": base_fingerprint(ctx.model), "image_size": ctx.model.image_size,
+            "method": method, "seed": config.run.seed,
             "sampler": config.run.sampler, "guidance": config.guidance, **dataclasses.asdict(getattr(config, method))}
 
 
@@ -166,8 +184,9 @@ def find_result(ctx: ExperimentContext, config: PersonalizationConfig, method: s
     from ..models import registry
 
     shipped = _read(registry.WEIGHTS_DIR / "personalization" / method, method, "shipped")
-    if shipped is not None and shipped.record.get("model") != ctx.model.name:
-        shipped = None
+    if shipped is not None and (shipped.record.get("model") != ctx.model.name
+                                or shipped.record.get("settings", {}).get("base_unet") != base_fingerprint(ctx.model)):
+        shipped = None  # trained for another model, or for other weights of this one
     if shipped is not None and shipped.record.get("settings") == _settings(ctx, config, method):
         return shipped
     folder = _cache_folder(ctx, config, method)
