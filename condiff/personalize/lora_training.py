@@ -26,8 +26,8 @@ from .train_common import (
     ImageSet,
     LoopConfig,
     LoopResult,
+    FlipLatents,
     diffusion_loss,
-    encode_latents,
     prompt_cond,
     run_training,
     training_device,
@@ -91,16 +91,12 @@ def train_lora(model: Any, images: ImageSet, captions: Sequence[str], config: Lo
                              generator=torch.Generator().manual_seed(config.seed))
     net.to(device)
     text_lora = "text_encoder" in net.components
-    latents = encode_latents(model, images.images)
-    flipped = encode_latents(model, images.images.flip(-1)) if images.flip else latents
+    latents = FlipLatents(model, images)
     loss_fn = diffusion_loss(model)
     denoiser = model.denoiser()
-    b = loop.batch_size
 
     def step_loss(step: int, g: torch.Generator):
-        idx = torch.randint(0, len(images), (b,), generator=g)
-        flip = torch.rand(b, generator=g) < 0.5 if images.flip else torch.zeros(b, dtype=torch.bool)
-        z0 = torch.where(flip.to(latents.device)[:, None, None, None], flipped[idx], latents[idx]).to(device)
+        idx, z0 = latents.sample(loop.batch_size, g, device)
         cond = prompt_cond(model, [captions[int(i)] for i in idx], grad=text_lora)
         return loss_fn(denoiser, z0, cond, g).mean()
 

@@ -31,8 +31,8 @@ from .train_common import (
     ImageSet,
     LoopConfig,
     LoopResult,
+    FlipLatents,
     diffusion_loss,
-    encode_latents,
     prompt_cond,
     run_training,
     training_device,
@@ -132,16 +132,13 @@ def train_textual_inversion(
     keep[ids] = False
     handle = weight.register_hook(lambda g: g.masked_fill(keep[:, None], 0.0))
 
-    latents = encode_latents(model, images.images)  # the unaugmented set; flips are re-encoded per step
-    flipped = encode_latents(model, images.images.flip(-1)) if images.flip else latents
+    latents = FlipLatents(model, images)
     loss_fn = diffusion_loss(model)
     denoiser = model.denoiser()
     placeholder = _placeholder_text(config.token, config.num_vectors)
 
     def step_loss(step: int, g: torch.Generator) -> Tensor:
-        idx = torch.randint(0, len(images), (loop.batch_size,), generator=g)
-        flip = torch.rand(loop.batch_size, generator=g) < 0.5 if images.flip else torch.zeros(loop.batch_size, dtype=torch.bool)
-        z0 = torch.where(flip.to(latents.device)[:, None, None, None], flipped[idx], latents[idx]).to(device)
+        _, z0 = latents.sample(loop.batch_size, g, device)
         t_idx = torch.randint(0, len(templates), (loop.batch_size,), generator=g)
         prompts = [templates[int(i)].format(placeholder) for i in t_idx]
         cond = prompt_cond(model, prompts, grad=True)

@@ -55,6 +55,7 @@ __all__ = [
     "diffusion_loss",
     "prompt_cond",
     "encode_latents",
+    "FlipLatents",
     "training_device",
 ]
 
@@ -189,6 +190,26 @@ def prompt_cond(model: Any, prompts: Sequence[str], *, grad: bool = False) -> Co
 def encode_latents(model: Any, images: Tensor, batch_size: int = 4) -> Tensor:
     """Scaled VAE latents (posterior means) of images in [-1, 1]."""
     return torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+class FlipLatents:
+    """The subject's latents and, when the set flips, those of its mirrored pictures, encoded once.
+
+    :meth:`sample` draws a seeded batch of picture indices and a horizontal flip per picture
+    (p = ½, only when ``images.flip``), in this order from ``g``.
+    """
+
+    def __init__(self, model: Any, images: "ImageSet"):
+        self.latents = encode_latents(model, images.images)
+        self.flipped = encode_latents(model, images.images.flip(-1)) if images.flip else self.latents
+        self.flip = images.flip
+
+    def sample(self, batch: int, g: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(indices [batch], latents [batch, C, h, w] on ``device``)."""
+        idx = torch.randint(0, len(self.latents), (batch,), generator=g)
+        flip = torch.rand(batch, generator=g) < 0.5 if self.flip else torch.zeros(batch, dtype=torch.bool)
+        z0 = torch.where(flip.to(self.latents.device)[:, None, None, None], self.flipped[idx], self.latents[idx])
+        return idx, z0.to(device)
 
 
 def training_device(model: Any) -> torch.device:
