@@ -14,6 +14,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two workers on two cores: no oversubscription
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny networks: fastest, and immune to CPU oversubscription
+    (use with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

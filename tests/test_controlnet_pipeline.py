@@ -25,12 +25,7 @@ from condiff.schedules import DiscreteSchedule
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 class HashText(nn.Module):

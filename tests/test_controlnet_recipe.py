@@ -22,12 +22,7 @@ from condiff.train.recipes.export import export_component
 from condiff.train.recipes.world import load_world
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 @pytest.fixture(scope="module")

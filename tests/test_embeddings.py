@@ -21,13 +21,7 @@ from condiff.personalize.embeddings import (
 DIM = 32
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These networks are tiny: one thread is fastest and immune to CPU oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 class TinyText(nn.Module):

@@ -24,12 +24,7 @@ from condiff.testing.tiny import HashTextEncoder, tiny_ldm
 STAND_IN = "untrained evalenc stand-in (test)"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 def stand_in_evalenc() -> EvalEncoder:

@@ -19,13 +19,7 @@ CFG = UNetConfig(in_channels=4, out_channels=4, sample_size=8, block_out_channel
 HAS_PEFT = importlib.util.find_spec("peft") is not None
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These networks are tiny: one thread is fastest and immune to CPU oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 def _unet(seed=0):

@@ -25,12 +25,7 @@ TOL = 1e-4
 TABLE: list[tuple[str, str, str, float]] = []
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ SW_BOUND = 0.2
 FAST = dict(steps=400, hidden=64, lr=3e-3, sample_steps=24, log_every=100, checkpoint_every=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A 64-wide MLP gains nothing from intra-op threads, and loses a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
 
 
 def test_moment_matched_gaussian_does_not_pass_the_bound():
