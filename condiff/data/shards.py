@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 
 __all__ = ["write_npz", "read_npz", "sha256_file", "write_json", "read_json"]
 
@@ -45,14 +45,6 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz`` (never unpickles)."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_json(path: str | Path, doc) -> str:

@@ -9,7 +9,6 @@ instead of garbage weights. Only safetensors are read here: no pickle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 
 __all__ = ["save_weights", "load_weights", "read_config", "sha256_file", "WeightsError", "quantize_int8",
            "dequantize_int8"]
@@ -61,14 +60,6 @@ def dequantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class WeightsError(ValueError):
     """A weight folder is missing, corrupted or does not fit the network."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _shard(state: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
