@@ -140,8 +140,6 @@ def stage_evaluate(ctx, n_prompts: int = 200, n_fid: int = 2000, batch: int = 50
 
 
 def _evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list[int], batch: int) -> dict:
-    from ...nn.text_encoder import MiniLMTextEncoder as _T  # noqa: F401  (same encoder as the model)
-
     images = ev.images[idx].float() / 255
     n, _, h, w = images.shape
     mask = torch.zeros(n, 1, h, w)

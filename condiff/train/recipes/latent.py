@@ -132,19 +132,11 @@ def inpaint_bank(vae: nn.Module, images: Tensor, regions: Tensor, scale: float, 
     return torch.cat(masks_all), torch.cat(zm_all)
 
 
-class InpaintObjective:
+class InpaintObjective(TextToImageObjective):
     """Batch dict: mean, std (latent posterior), ctx [B, K, L, D], masks [B, P, 1, h, w], zm [B, P, 4, h, w].
 
     ε-loss with ``cond.concat = [mask, z_masked]`` (the SD inpainting input layout: 1 + 4 channels).
     """
-
-    def __init__(self, denoiser: NetworkDenoiser, schedule, empty_context: Tensor, scaling_factor: float,
-                 p_uncond: float = 0.1):
-        self.loss = DDPMEpsLoss(schedule)
-        self.denoiser = denoiser
-        self.empty = empty_context
-        self.scale = scaling_factor
-        self.p_uncond = p_uncond
 
     def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
         z = sample_latents(batch["mean"], batch["std"], self.scale, g)
