@@ -141,3 +141,29 @@ def test_stage_trains_evaluates_and_exports_an_int8_controlnet(world, tmp_path):
     assert "pose PCK@0.1 (baseline)" in card and "int8" in card
     with pytest.raises(ValueError, match="unknown condition"):
         stage_controlnet(ctx, "sketch")
+
+
+def test_stage_takes_the_job_overrides_of_steps_and_learning_rate(world, tmp_path):
+    from condiff.train.recipes.job import JobContext
+
+    _tiny_base(tmp_path / "init")
+    over = {"controlnet-canny": {"steps": 4, "lr": 3e-4, "min_lr_ratio": 0.0}}
+    ctx = JobContext(world, tmp_path / "out", torch.device("cpu"), small=True, init=tmp_path / "init", overrides=over)
+    stage_controlnet(ctx, "canny")
+    log = ctx.log["controlnet-canny"]
+    assert log["steps"] == 4 and log["lr"] == 3e-4
+
+
+def test_report_gives_the_paired_difference_over_conditions_where_both_are_defined():
+    from condiff.train.recipes.controlnet import AdherenceReport
+
+    rep = AdherenceReport("depth", 5)
+    rep.scores["depth AbsRel"] = {"controlnet": torch.tensor([0.1, 0.2, float("nan"), 0.3, 0.2]),
+                                  "baseline": torch.tensor([0.3, 0.4, 0.5, float("nan"), 0.4])}
+    mean, lo, hi = rep.paired_difference()
+    assert mean == pytest.approx(-0.2) and lo == pytest.approx(-0.2) and hi == pytest.approx(-0.2)
+    assert rep.improved()  # lower AbsRel is better
+    assert rep.summary()["depth AbsRel: controlnet − baseline (paired, 95 % CI)"] == "-0.2000 [-0.2000, -0.2000]"
+    rep.scores["depth AbsRel"]["baseline"] = torch.tensor([0.3, 0.1, 0.5, 0.3, 0.1])
+    mean, lo, hi = rep.paired_difference()
+    assert mean == pytest.approx(0.0, abs=1e-6) and lo < 0 < hi

@@ -2,11 +2,13 @@
 
     python tools/inpainting_paired_eval.py --world build/world --n 160 --out docs/training/cpu_inpaint_eval_s2.json
 
-The job's own measurement (:func:`condiff.train.recipes.evaluate._evaluate_inpainting`) on the shipped
-weights: centre-box mask, the caption as prompt, 20 DPM++ steps at the default guidance, the same
-pictures, prompts and seeds for both methods; evalenc similarity of the composite to the prompt, its
+The job's own measurement (:func:`condiff.train.recipes.evaluate.evaluate_inpainting`) on the shipped
+weights: centre-box mask (``--mask box``) or the picture's own subject (``--mask subject``), the
+caption as prompt, 20 DPM++ steps at the default guidance, the same pictures, prompts and seeds for
+both methods; evalenc similarity of the composite to the prompt, its
 paired per-picture difference (bootstrap 95 % CI) and the pixel error outside the mask. The pictures
-are the first ``n`` of the evaluate stage's seeded permutation of the held-out split.
+are the first ``n`` of the evaluate stage's seeded permutation of the held-out split (for ``subject``: the
+first ``n`` whose subject covers 5–70 % of the picture).
 """
 
 from __future__ import annotations
@@ -21,20 +23,23 @@ def main() -> None:
 
     from condiff.io import atomic_path
     from condiff.models.registry import WEIGHTS_DIR, load_model
-    from condiff.train.recipes.evaluate import _evaluate_inpainting, load_evalenc
+    from condiff.train.recipes.evaluate import INPAINT_MASKS, evaluate_inpainting, load_evalenc, subject_records
     from condiff.train.recipes.world import load_world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", default="build/world")
     p.add_argument("--n", type=int, default=160)
     p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--mask", choices=INPAINT_MASKS, default="box",
+                   help="box: the centre quarter; subject: the picture's own subject, dilated")
     p.add_argument("--out", default=None, help="JSON file to write (never overwritten without --overwrite)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     model, ev = load_model("builtin"), load_world(a.world).eval
-    pick = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0))[: a.n].tolist()
+    order = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0)).tolist()
+    pick = order[: a.n] if a.mask == "box" else subject_records(ev, order, a.n)
     t0 = time.time()
-    rep = _evaluate_inpainting(model, load_evalenc(WEIGHTS_DIR / "evalenc", "cpu"), ev, pick, a.batch)
+    rep = evaluate_inpainting(model, load_evalenc(WEIGHTS_DIR / "evalenc", "cpu"), ev, pick, a.batch, a.mask)
     rep.update(n=len(pick), seconds=round(time.time() - t0, 1))
     text = json.dumps(rep, indent=1)
     print(text)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -193,7 +193,22 @@ class AdherenceReport:
         for metric, by_source in self.scores.items():
             for source in by_source:
                 out[f"{metric} ({source})"] = round(self.mean(metric, source), 4)
+        mean, lo, hi = self.paired_difference()
+        out[f"{self.primary}: controlnet − baseline (paired, 95 % CI)"] = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
         return out
+
+    def paired_difference(self, metric: str | None = None) -> tuple[float, float, float]:
+        """ControlNet − baseline on the same conditions, prompts and seeds: (mean, 95 % CI low, high),
+        bootstrapped over the conditions where both are defined."""
+        from ...metrics.bootstrap import paired_bootstrap_ci
+
+        by_source = self.scores[metric or self.primary]
+        a, b = by_source["controlnet"].double(), by_source["baseline"].double()
+        both = ~(torch.isnan(a) | torch.isnan(b))
+        if not both.any():
+            return (math.nan, math.nan, math.nan)
+        ci = paired_bootstrap_ci(a[both], b[both], seed=0)
+        return (float(ci.mean), float(ci.lo), float(ci.hi))
 
     def improved(self) -> bool:
         """Whether the ControlNet beats the unconditioned baseline on the primary metric."""
@@ -385,6 +400,10 @@ def stage_controlnet(ctx: "JobContext", kind: str) -> None:
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=LR, lr_schedule="cosine", warmup_steps=min(200, steps // 10),
                       min_lr_ratio=0.1, ema_decay=0.9 if ctx.small else 0.999, grad_clip=1.0, seed=0,
                       log_every=5 if ctx.small else 50, checkpoint_minutes=3.0, progress=False)
+    over = dict(ctx.overrides.get(name, {}))
+    if "steps" in over:
+        over.setdefault("warmup_steps", min(200, over["steps"] // 10))
+    cfg = replace(cfg, **over)
     trainer = Trainer(net, obj, data, cfg, out_dir=ctx.out / "runs" / name, device=ctx.device, overwrite=True)
     minutes = ctx.minutes.get(name, ctx.minutes.get("controlnet", DEFAULT_MINUTES))
     result = trainer.fit(time_limit_s=None if ctx.small else 60.0 * minutes)

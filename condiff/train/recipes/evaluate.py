@@ -6,10 +6,12 @@
   default 5 included), against the same figure on the real held-out pictures.
 * **FID-style distance**: Fréchet distance between condiff-evalenc features of ``n_fid`` generated
   and ``n_fid`` real held-out images, for DDIM, Heun and DPM-Solver++(2M) at 10, 20 and 50 steps.
-* **Inpainting**: on held-out pictures with a box mask, evalenc similarity of the composite to the
-  caption (inside the mask the only thing that differs) for the inpainting U-Net vs. the zero-shot
-  latent-blend baseline (and their paired difference on the same pictures, prompts and seeds), and the
-  pixel error outside the mask after compositing (must be 0).
+* **Inpainting**: on held-out pictures, evalenc similarity of the composite to the caption (inside
+  the mask the only thing that differs) for the inpainting U-Net vs. the zero-shot latent-blend
+  baseline (and their paired difference on the same pictures, prompts and seeds), and the pixel error
+  outside the mask after compositing (must be 0). Two masks (:func:`inpaint_eval_masks`): the centre
+  box, which mostly leaves the subject in the context, and the picture's own subject (dilated), where
+  the inside has to carry the prompt.
 
 Every mean comes with a bootstrap 95 % interval.
 """
@@ -32,10 +34,12 @@ from ...pipelines.inpaint import inpaint
 from ...pipelines.text2img import generate
 from ...schedules import DiscreteSchedule
 
-__all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE"]
+__all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE", "evaluate_inpainting",
+           "inpaint_eval_masks", "subject_records", "INPAINT_MASKS"]
 
-#: guidance scales of the adherence sweep (0 = unconditional; the default is 5)
-ADHERENCE_GUIDANCE = (0.0, 2.5, 5.0, 7.5, 10.0, 15.0)
+#: guidance scales of the adherence sweep (0 = unconditional; the default is 5; 1, 2.5, 5, 10, 20, 40 is the
+#: thesis's Fig. 4.3 sweep)
+ADHERENCE_GUIDANCE = (0.0, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 40.0)
 
 
 def _ci(values: Tensor) -> dict:
@@ -81,9 +85,11 @@ def _generate_many(model: LatentDiffusion, prompts: list[str], *, guidance: floa
     return torch.cat(out)
 
 
-def stage_evaluate(ctx, n_prompts: int = 200, n_fid: int = 2000, batch: int = 500) -> None:
+def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: int = 500) -> None:
+    """``n_prompts`` held-out captions (default ``ctx.eval_prompts``, 200) for adherence and inpainting."""
     from .job import SCHEDULE, _load_vae, text_banks
 
+    n_prompts = n_prompts or ctx.eval_prompts
     small = ctx.small
     if small:
         n_prompts, n_fid, batch = 4, 8, 4
@@ -133,27 +139,72 @@ def stage_evaluate(ctx, n_prompts: int = 200, n_fid: int = 2000, batch: int = 50
     fid["real-vs-real (two halves)"] = {"fd": round(frechet_distance(real_feats[:half].double(), real_feats[half:].double()), 5)}
     report["fid_style"] = fid
     if inp is not None:
-        report["inpainting"] = _evaluate_inpainting(model, enc, ev, pick[:n_prompts].tolist(), batch)
+        report["inpainting"] = evaluate_inpainting(model, enc, ev, pick[:n_prompts].tolist(), batch, "box")
+        report["inpainting, subject mask"] = evaluate_inpainting(
+            model, enc, ev, subject_records(ev, pick.tolist(), n_prompts), batch, "subject")
     report["seconds"] = round(time.time() - t0, 1)
     ctx.log["evaluate"] = report
     print("[evaluate]", report, flush=True)
 
 
-def _evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list[int], batch: int) -> dict:
+#: inpainting masks of the evaluation: the fixed centre box, and the picture's own subject
+INPAINT_MASKS = ("box", "subject")
+#: a subject mask is used only where it covers this share of the picture (after dilation)
+SUBJECT_AREA = (0.05, 0.7)
+
+
+def inpaint_eval_masks(ev, idx: list[int], kind: str, dilate: int = 5) -> Tensor:
+    """Evaluation masks [n, 1, H, W] (1 = repaint) for the held-out records ``idx``.
+
+    ``"box"``: the centre quarter of the picture (h/4…3h/4 × w/4…3w/4), whatever it holds.
+    ``"subject"``: every non-background layer of the record (the world's ``regions`` map), dilated by
+    ``dilate`` pixels so the silhouette does not leak through — the object-replacement task, where the
+    inside, not the context, has to carry the prompt.
+    """
+    n = len(idx)
+    h, w = ev.images.shape[-2:]
+    if kind == "box":
+        mask = torch.zeros(n, 1, h, w)
+        mask[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        return mask
+    if kind == "subject":
+        fg = (ev.regions[idx] > 0).float()[:, None]
+        return (torch.nn.functional.max_pool2d(fg, 2 * dilate + 1, stride=1, padding=dilate) > 0).float()
+    raise ValueError(f"unknown inpainting mask {kind!r}; choose from {INPAINT_MASKS}")
+
+
+def subject_records(ev, order: list[int], n: int) -> list[int]:
+    """The first ``n`` records of ``order`` whose subject mask covers :data:`SUBJECT_AREA` of the picture."""
+    keep = []
+    for i in order:
+        area = float(inpaint_eval_masks(ev, [i], "subject").mean())
+        if SUBJECT_AREA[0] <= area <= SUBJECT_AREA[1]:
+            keep.append(i)
+            if len(keep) == n:
+                break
+    return keep
+
+
+def evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list[int], batch: int,
+                        mask: str = "box") -> dict:
+    """Inpainting U-Net vs. zero-shot latent blend on held-out pictures ``idx`` with the caption as prompt:
+    evalenc similarity of the composite to the prompt (outside the mask both equal the input, so the
+    difference is the inside), the paired per-picture difference, and the pixel error outside the mask."""
     images = ev.images[idx].float() / 255
-    n, _, h, w = images.shape
-    mask = torch.zeros(n, 1, h, w)
-    mask[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+    n = len(idx)
+    masks = inpaint_eval_masks(ev, idx, mask)
     prompts = [ev.captions[i][0] for i in idx]
     txt = model.text_encoder.pooled(prompts).float()
-    out, sims = {}, {}
+    out: dict = {"mask": mask, "pictures": n, "masked share": round(float(masks.mean()), 4)}
+    sims = {}
     for method in ("model", "blend"):
         comps, outside = [], []
         for i in range(0, n, batch):
-            res = inpaint(model, images[i:i + batch], mask[i:i + batch], prompts[i:i + batch], method=method,
+            m = masks[i:i + batch]
+            res = inpaint(model, images[i:i + batch], m, prompts[i:i + batch], method=method,
                           steps=20, seed=20_000 + i, show_progress=False)
             comps.append(res.images)
-            outside.append(((res.images - images[i:i + batch]).abs() * (1 - mask[i:i + batch])).flatten(1).amax(1))
+            outside.append(((res.images - images[i:i + batch]).abs() * (1 - m)).flatten(1).amax(1))
         comp = torch.cat(comps)
         emb = _features(enc, comp)
         sims[method] = sim = (emb * txt.cpu()).sum(1)

@@ -59,6 +59,10 @@ class JobContext:
     gpu_name: str = "cpu"
     cache: dict = field(default_factory=dict)
     ship: Path | None = None
+    #: per-stage TrainConfig overrides from the command line, e.g. {"ldm": {"steps": 5000, "lr": 3e-4}}
+    overrides: dict = field(default_factory=dict)
+    #: held-out caption prompts of the evaluate stage (the issue's bar asks for at least 200)
+    eval_prompts: int = 200
 
     @property
     def weights(self) -> Path:
@@ -87,6 +91,9 @@ class JobContext:
                   min_lr_ratio=0.1, ema_decay=0.999 if not self.small else 0.9, grad_clip=1.0, seed=0,
                   log_every=50 if not self.small else 1, checkpoint_minutes=3.0, progress=False)
         kw.update(over)
+        kw.update(self.overrides.get(stage, {}))
+        if "steps" in self.overrides.get(stage, {}) and "warmup_steps" not in over:
+            kw["warmup_steps"] = min(200, kw["steps"] // 10)
         return TrainConfig(**kw)
 
 
@@ -389,7 +396,7 @@ def ship_component(folder: Path, dest: Path, limit: int = 15 * 1024 * 1024) -> l
 
 def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minutes: dict[str, float] | None = None,
             init: str | Path | None = None, small: bool = False, device: str | None = None,
-            ship: str | Path | None = None) -> dict:
+            ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
@@ -400,6 +407,8 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx = JobContext(load_world(world_dir), Path(out), dev, small, Path(init) if init else None, dict(minutes or {}))
     ctx.gpu_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     ctx.ship = Path(ship) if ship else None
+    ctx.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    ctx.eval_prompts = int(eval_prompts)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:
@@ -427,10 +436,47 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--small", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--ship", default=None, help="also pack each finished component into tar files here")
+    p.add_argument("--steps", default="", help="per-stage step counts (the cosine LR decays over them), e.g. ldm=5000")
+    p.add_argument("--lr", default="", help="per-stage peak learning rates, e.g. ldm=3e-4,controlnet-normal=2e-4")
+    p.add_argument("--min-lr-ratio", default="",
+                   help="per-stage cosine floor as a fraction of the peak, e.g. ldm=0.05 (an annealing run)")
+    p.add_argument("--eval-prompts", type=int, default=200,
+                   help="held-out caption prompts of the evaluate stage (adherence and inpainting)")
     a = p.parse_args(argv)
-    minutes = {k: float(v) for k, v in (kv.split("=") for kv in a.minutes.split(",") if kv)}
-    run_job(a.world, a.out, [s for s in a.stages.split(",") if s], minutes=minutes, init=a.init, small=a.small,
-            device=a.device, ship=a.ship)
+    if a.eval_prompts < 1:
+        raise SystemExit("--eval-prompts must be at least 1")
+    stages = [s for s in a.stages.split(",") if s]
+    run_job(a.world, a.out, stages, minutes=_per_stage(a.minutes, "--minutes", float), init=a.init, small=a.small,
+            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio),
+            eval_prompts=a.eval_prompts)
+
+
+def _per_stage(text: str, flag: str, cast) -> dict:
+    """``"ldm=4,vae=2"`` -> ``{"ldm": cast("4"), "vae": cast("2")}`` with a clear error for a malformed item."""
+    out = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"{flag}: expected STAGE=VALUE items separated by commas, got {item!r}")
+        try:
+            out[name.strip()] = cast(value)
+        except ValueError:
+            raise SystemExit(f"{flag}: {value!r} is not a valid value for stage {name!r}") from None
+    return out
+
+
+def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "") -> dict[str, dict]:
+    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio`` options."""
+    out: dict[str, dict] = {}
+    for flag, key, text, cast in (("--steps", "steps", steps, int), ("--lr", "lr", lr, float),
+                                  ("--min-lr-ratio", "min_lr_ratio", min_lr_ratio, float)):
+        for stage, value in _per_stage(text, flag, cast).items():
+            if stage not in RUNNERS:
+                raise SystemExit(f"{flag}: unknown stage {stage!r}; choose from {list(RUNNERS)}")
+            out.setdefault(stage, {})[key] = value
+    return out
 
 
 if __name__ == "__main__":
