@@ -39,7 +39,8 @@ def main() -> None:
                                      keypoints=world.keypoints[held], masks=world.depth[held] > 0,
                                      references=world.images[held], scale=scale, steps=a.steps, batch_size=16)
             print(json.dumps({"kind": kind, "scale": scale, "seconds": round(time.time() - t0, 1),
-                              **{k: round(float(v), 4) for k, v in rep.summary().items()}}), flush=True)
+                              **{k: round(float(v), 4) if isinstance(v, (int, float)) else v
+                                 for k, v in rep.summary().items()}}), flush=True)
 
 
 if __name__ == "__main__":
