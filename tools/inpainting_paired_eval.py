@@ -17,13 +17,12 @@ import argparse
 import json
 import time
 
+from _report import add_output_options, check_output, write_output
+
 
 def main() -> None:
-    import torch
-
-    from condiff.io import atomic_path
     from condiff.models.registry import WEIGHTS_DIR, load_model
-    from condiff.train.recipes.evaluate import INPAINT_MASKS, evaluate_inpainting, load_evalenc, subject_records
+    from condiff.train.recipes.evaluate import INPAINT_MASKS, evaluate_inpainting, inpaint_eval_records, load_evalenc
     from condiff.train.recipes.world import load_world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,24 +31,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--mask", choices=INPAINT_MASKS, default="box",
                    help="box: the centre quarter; subject: the picture's own subject, dilated")
-    p.add_argument("--out", default=None, help="JSON file to write (never overwritten without --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_options(p)
     a = p.parse_args()
+    check_output(a)
     model, ev = load_model("builtin"), load_world(a.world).eval
-    order = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0)).tolist()
-    pick = order[: a.n] if a.mask == "box" else subject_records(ev, order, a.n)
+    pick = inpaint_eval_records(ev, a.n, a.mask)
     t0 = time.time()
     rep = evaluate_inpainting(model, load_evalenc(WEIGHTS_DIR / "evalenc", "cpu"), ev, pick, a.batch, a.mask)
     rep.update(n=len(pick), seconds=round(time.time() - t0, 1))
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if a.out:
-        from pathlib import Path
-
-        if Path(a.out).exists() and not a.overwrite:
-            raise SystemExit(f"{a.out} exists; pass --overwrite to replace it")
-        with atomic_path(a.out) as tmp:
-            tmp.write_text(text)
+    print(json.dumps(rep, indent=1))
+    write_output(a, rep)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
+
+from _report import add_output_options, check_output, write_output
 
 STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -24,26 +25,23 @@ STRENGTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 def main() -> None:
     import torch
 
-    from condiff.io import atomic_path
     from condiff.metrics.bootstrap import bootstrap_ci
     from condiff.metrics.image import ssim
     from condiff.models.registry import WEIGHTS_DIR, load_model
     from condiff.pipelines.text2img import sdedit
-    from condiff.train.recipes.evaluate import _features, load_evalenc
+    from condiff.train.recipes.evaluate import _features, eval_order, load_evalenc
     from condiff.train.recipes.world import load_world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", default="build/world")
     p.add_argument("--n", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--out", default=None, help="JSON file to write (never overwritten without --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_options(p)
     a = p.parse_args()
-    if a.out and Path(a.out).exists() and not a.overwrite:
-        raise SystemExit(f"{a.out} exists; pass --overwrite to replace it")
+    check_output(a)
     model, ev = load_model("builtin"), load_world(a.world).eval
     enc = load_evalenc(WEIGHTS_DIR / "evalenc", "cpu")
-    idx = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0))[: a.n].tolist()
+    idx = eval_order(ev)[: a.n]
     sketches = (255 - ev.lineart[idx].float())[:, None].expand(-1, 3, -1, -1) / 255
     real = ev.images[idx].float() / 255
     prompts = [ev.captions[i][0] for i in idx]
@@ -75,9 +73,7 @@ def main() -> None:
         f"{STRENGTHS[k]:g} -> {STRENGTHS[k + 1]:g}": ci(ssims[k + 1] - ssims[k]) for k in range(len(STRENGTHS) - 1)}
     report["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(report["SSIM change to the next t0 (paired)"], indent=1))
-    if a.out:
-        with atomic_path(a.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=1))
+    write_output(a, report)
 
 
 if __name__ == "__main__":

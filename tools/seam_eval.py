@@ -17,18 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
+
+from _report import add_output_options, check_output, write_output
 
 
 def main() -> None:
     import torch
 
     from condiff.compositing import BLEND_METHODS, blend, seam_error
-    from condiff.io import atomic_path
     from condiff.metrics.bootstrap import bootstrap_ci
     from condiff.models.registry import load_model
     from condiff.pipelines.inpaint import inpaint
-    from condiff.train.recipes.evaluate import INPAINT_MASKS, inpaint_eval_masks, subject_records
+    from condiff.train.recipes.evaluate import INPAINT_MASKS, inpaint_eval_masks, inpaint_eval_records
     from condiff.train.recipes.world import load_world
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,14 +36,11 @@ def main() -> None:
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--mask", choices=INPAINT_MASKS, default="subject")
-    p.add_argument("--out", default=None, help="JSON file to write (never overwritten without --overwrite)")
-    p.add_argument("--overwrite", action="store_true")
+    add_output_options(p)
     a = p.parse_args()
-    if a.out and Path(a.out).exists() and not a.overwrite:
-        raise SystemExit(f"{a.out} exists; pass --overwrite to replace it")
+    check_output(a)
     model, ev = load_model("builtin"), load_world(a.world).eval
-    order = torch.randperm(len(ev), generator=torch.Generator().manual_seed(0)).tolist()
-    idx = order[: a.n] if a.mask == "box" else subject_records(ev, order, a.n)
+    idx = inpaint_eval_records(ev, a.n, a.mask)
     images = ev.images[idx].float() / 255
     masks = inpaint_eval_masks(ev, idx, a.mask)
     prompts = [ev.captions[i][0] for i in idx]
@@ -69,9 +66,7 @@ def main() -> None:
         report[method] = rows
         print(json.dumps({method: rows}, indent=1), flush=True)
     report["seconds"] = round(time.time() - t0, 1)
-    if a.out:
-        with atomic_path(a.out) as tmp:
-            tmp.write_text(json.dumps(report, indent=1))
+    write_output(a, report)
 
 
 if __name__ == "__main__":

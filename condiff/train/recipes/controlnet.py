@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -400,10 +400,7 @@ def stage_controlnet(ctx: "JobContext", kind: str) -> None:
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=LR, lr_schedule="cosine", warmup_steps=min(200, steps // 10),
                       min_lr_ratio=0.1, ema_decay=0.9 if ctx.small else 0.999, grad_clip=1.0, seed=0,
                       log_every=5 if ctx.small else 50, checkpoint_minutes=3.0, progress=False)
-    over = dict(ctx.overrides.get(name, {}))
-    if "steps" in over:
-        over.setdefault("warmup_steps", min(200, over["steps"] // 10))
-    cfg = replace(cfg, **over)
+    cfg = ctx.with_overrides(name, cfg)
     trainer = Trainer(net, obj, data, cfg, out_dir=ctx.out / "runs" / name, device=ctx.device, overwrite=True)
     minutes = ctx.minutes.get(name, ctx.minutes.get("controlnet", DEFAULT_MINUTES))
     result = trainer.fit(time_limit_s=None if ctx.small else 60.0 * minutes)

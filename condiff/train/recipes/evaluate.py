@@ -35,7 +35,7 @@ from ...pipelines.text2img import generate
 from ...schedules import DiscreteSchedule
 
 __all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE", "evaluate_inpainting",
-           "inpaint_eval_masks", "subject_records", "INPAINT_MASKS"]
+           "inpaint_eval_masks", "inpaint_eval_records", "eval_order", "subject_records", "INPAINT_MASKS"]
 
 #: guidance scales of the adherence sweep (0 = unconditional; the default is 5; 1, 2.5, 5, 10, 20, 40 is the
 #: thesis's Fig. 4.3 sweep)
@@ -110,9 +110,8 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
     model = LatentDiffusion("builtin", unet_of("ldm"), vae, MiniLMTextEncoder(max_length=24).to(dev), schedule,
                             scaling_factor=scale, image_size=128, inpaint_unet=inp)
     ev = ctx.world.eval
-    g = torch.Generator().manual_seed(0)
-    pick = torch.randperm(len(ev), generator=g)
-    p_idx = pick[:n_prompts].tolist()
+    order = eval_order(ev)
+    p_idx = order[:n_prompts]
     prompts = [ev.captions[i][0] for i in p_idx]
     truth = ev.concept_id[p_idx]
     ct = text["concept_text"]
@@ -125,7 +124,7 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
         r = concept_ranks(enc, imgs, truth, ct)
         report[f"adherence top5, generated γ={gamma:g}"] = _ci((r < 5).float())
     # FID-style distances
-    f_idx = pick[: min(n_fid, len(ev))].tolist()
+    f_idx = order[:n_fid]
     real_feats = _features(enc, ev.images[f_idx].float() / 255)
     fid_prompts = [ev.captions[i][0] for i in f_idx]
     fid = {}
@@ -139,9 +138,9 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
     fid["real-vs-real (two halves)"] = {"fd": round(frechet_distance(real_feats[:half].double(), real_feats[half:].double()), 5)}
     report["fid_style"] = fid
     if inp is not None:
-        report["inpainting"] = evaluate_inpainting(model, enc, ev, pick[:n_prompts].tolist(), batch, "box")
-        report["inpainting, subject mask"] = evaluate_inpainting(
-            model, enc, ev, subject_records(ev, pick.tolist(), n_prompts), batch, "subject")
+        for key, mask in (("inpainting", "box"), ("inpainting, subject mask", "subject")):
+            report[key] = evaluate_inpainting(model, enc, ev, inpaint_eval_records(ev, n_prompts, mask, order), batch,
+                                              mask)
     report["seconds"] = round(time.time() - t0, 1)
     ctx.log["evaluate"] = report
     print("[evaluate]", report, flush=True)
@@ -171,6 +170,18 @@ def inpaint_eval_masks(ev, idx: list[int], kind: str, dilate: int = 5) -> Tensor
         fg = (ev.regions[idx] > 0).float()[:, None]
         return (torch.nn.functional.max_pool2d(fg, 2 * dilate + 1, stride=1, padding=dilate) > 0).float()
     raise ValueError(f"unknown inpainting mask {kind!r}; choose from {INPAINT_MASKS}")
+
+
+def eval_order(ev) -> list[int]:
+    """The evaluate stage's seeded (seed 0) permutation of the held-out records; its first n are "n pictures"."""
+    return torch.randperm(len(ev), generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def inpaint_eval_records(ev, n: int, mask: str, order: list[int] | None = None) -> list[int]:
+    """The ``n`` held-out records the inpainting evaluation uses with ``mask``: the first ``n`` of
+    :func:`eval_order` for the box, the first ``n`` with a usable subject (:func:`subject_records`) otherwise."""
+    order = eval_order(ev) if order is None else order
+    return order[:n] if mask == "box" else subject_records(ev, order, n)
 
 
 def subject_records(ev, order: list[int], n: int) -> list[int]:

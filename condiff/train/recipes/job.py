@@ -17,7 +17,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -91,10 +91,14 @@ class JobContext:
                   min_lr_ratio=0.1, ema_decay=0.999 if not self.small else 0.9, grad_clip=1.0, seed=0,
                   log_every=50 if not self.small else 1, checkpoint_minutes=3.0, progress=False)
         kw.update(over)
-        kw.update(self.overrides.get(stage, {}))
-        if "steps" in self.overrides.get(stage, {}) and "warmup_steps" not in over:
-            kw["warmup_steps"] = min(200, kw["steps"] // 10)
-        return TrainConfig(**kw)
+        return self.with_overrides(stage, TrainConfig(**kw))
+
+    def with_overrides(self, stage: str, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with the command line's overrides for ``stage``; a new step count rescales the warm-up."""
+        over = dict(self.overrides.get(stage, {}))
+        if "steps" in over:
+            over.setdefault("warmup_steps", min(200, over["steps"] // 10))
+        return replace(cfg, **over)
 
 
 def _fit(ctx: JobContext, stage: str, model, objective, data, **over):
