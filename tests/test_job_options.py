@@ -1,4 +1,10 @@
-"""The training job's command-line options and the evaluate stage's inpainting masks."""
+"""The training job's command-line options, its data-parallel (torchrun) mode, and the evaluate stage's
+inpainting masks."""
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -6,15 +12,20 @@ import torch
 from condiff.data.builder import build_world
 from condiff.data.sources import load_small_sets
 from condiff.train.recipes.evaluate import inpaint_eval_masks, subject_records
-from condiff.train.recipes.job import JobContext, parse_overrides
+from condiff.train.recipes.job import JobContext, check_parallel_order, parse_overrides
 from condiff.train.recipes.world import load_world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("world")
     build_world(folder, load_small_sets(), small=True, workers=1, limit=24)
-    return load_world(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(world_dir):
+    return load_world(world_dir)
 
 
 def test_overrides_parse_per_stage_and_reach_the_train_config(world, tmp_path):
@@ -28,9 +39,16 @@ def test_overrides_parse_per_stage_and_reach_the_train_config(world, tmp_path):
     assert JobContext(world, tmp_path, torch.device("cpu"), overrides=parse_overrides("ldm=100")).train_config("ldm").warmup_steps == 10
 
 
+def test_batch_override_sets_the_global_batch(world, tmp_path):
+    over = parse_overrides("", "", "", "ldm=1024")
+    assert over == {"ldm": {"batch_size": 1024}}
+    assert JobContext(world, tmp_path, torch.device("cpu"), overrides=over).train_config("ldm").batch_size == 1024
+
+
 @pytest.mark.parametrize("args, message", [
     (("ldm",), "STAGE=VALUE"), (("ldm=many",), "not a valid value"), (("unet=10",), "unknown stage"),
-    (("", "ldm=fast"), "not a valid value"),
+    (("", "ldm=fast"), "not a valid value"), (("", "", "", "ldm=0"), "at least 1"),
+    (("ldm=-5",), "at least 1"),
 ])
 def test_malformed_overrides_name_the_option_and_the_problem(args, message):
     with pytest.raises(SystemExit, match=message):
@@ -57,3 +75,27 @@ def test_subject_records_keep_only_masks_of_usable_size(world):
     assert keep == [i for i in order if 0.05 <= areas[i] <= 0.7]
     assert keep, "the small world should hold pictures with a usable subject"
     assert subject_records(world.eval, order, 1) == keep[:1]
+
+
+def test_single_process_stages_must_follow_the_data_parallel_ones():
+    check_parallel_order(["vae", "ldm", "inpaint", "evaluate", "controlnet-canny"])
+    check_parallel_order(["evaluate"])
+    with pytest.raises(ValueError, match=r"\['evaluate'\] run on rank 0 only"):
+        check_parallel_order(["ldm", "evaluate", "inpaint"])
+
+
+def test_torchrun_job_trains_data_parallel_and_rank_zero_alone_exports(world_dir, tmp_path):
+    """Two gloo processes on the CPU: one global batch split over them, one exported component."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "condiff.train.recipes.job", "--world", str(world_dir), "--out", str(tmp_path / "job"),
+           "--small", "--device", "cpu", "--stages", "vae", "--batch", "vae=4"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = json.loads((tmp_path / "job" / "job_log.json").read_text())
+    assert log["vae"]["processes"] == 2 and log["vae"]["batch_size"] == 4
+    assert log["device"].startswith("2 × ")
+    assert (tmp_path / "job" / "weights" / "vae" / "config.json").exists()
+    assert run.stdout.count("[vae] 3 steps") == 1  # only rank 0 reports and exports
+    card = json.loads((tmp_path / "job" / "weights" / "vae" / "card.json").read_text())["card"]
+    assert "over 2 processes" in card["recipe"]

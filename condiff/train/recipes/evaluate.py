@@ -197,23 +197,25 @@ def subject_records(ev, order: list[int], n: int) -> list[int]:
 
 
 def evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list[int], batch: int,
-                        mask: str = "box") -> dict:
+                        mask: str = "box", guidance: float | None = None) -> dict:
     """Inpainting U-Net vs. zero-shot latent blend on held-out pictures ``idx`` with the caption as prompt:
     evalenc similarity of the composite to the prompt (outside the mask both equal the input, so the
-    difference is the inside), the paired per-picture difference, and the pixel error outside the mask."""
+    difference is the inside), the paired per-picture difference, and the pixel error outside the mask.
+    Both methods sample at ``guidance`` (None: the model's default)."""
     images = ev.images[idx].float() / 255
     n = len(idx)
     masks = inpaint_eval_masks(ev, idx, mask)
     prompts = [ev.captions[i][0] for i in idx]
     txt = model.text_encoder.pooled(prompts).float()
-    out: dict = {"mask": mask, "pictures": n, "masked share": round(float(masks.mean()), 4)}
+    out: dict = {"mask": mask, "pictures": n, "masked share": round(float(masks.mean()), 4),
+                 "guidance": float(model.info.get("default_guidance", 5.0) if guidance is None else guidance)}
     sims = {}
     for method in ("model", "blend"):
         comps, outside = [], []
         for i in range(0, n, batch):
             m = masks[i:i + batch]
             res = inpaint(model, images[i:i + batch], m, prompts[i:i + batch], method=method,
-                          steps=20, seed=20_000 + i, show_progress=False)
+                          guidance=guidance, steps=20, seed=20_000 + i, show_progress=False)
             comps.append(res.images)
             outside.append(((res.images - images[i:i + batch]).abs() * (1 - m)).flatten(1).amax(1))
         comp = torch.cat(comps)

@@ -8,6 +8,11 @@ Each stage is time-boxed (``--minutes``) and step-capped, checkpoints through th
 ``OUT_DIR/weights/<component>/`` with a model card. ``--init`` warm-starts from previously exported
 components (how a run continues on a fresh GPU machine: the optimiser state is too large to bring
 back, the fp16 weights are not). ``--small`` shrinks everything for a CPU smoke test.
+
+Started by ``torchrun --nproc-per-node N``, the stages of :data:`PARALLEL_STAGES` train data-parallel
+(the global batch, ``--batch``, is split over the N processes; :mod:`condiff.train.distributed`) and
+rank 0 alone exports; the other stages (evaluate, ControlNets, cascade, unCLIP) then run on rank 0
+only, so they must come after the data-parallel ones.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ...nn.classifier import NoisyClassifier, classifier_config
 from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
 from ...nn.unet import UNet, UNetConfig, count_parameters
 from ...schedules import DiscreteSchedule
+from ..distributed import DistContext, init_distributed, shutdown_distributed
 from ..loop import TrainConfig, Trainer
 from .autoencoder import AutoencoderObjective, default_config, estimate_scaling_factor, psnr_db
 from .classifier import NoisyClassifierObjective
@@ -45,6 +51,10 @@ DEFAULT_MINUTES = {"vae": 2.0, "evalenc": 1.0, "ldm": 4.0, "classifier": 0.7, "i
 DEFAULT_STEPS = {"vae": 6000, "evalenc": 4000, "ldm": 40000, "classifier": 4000, "inpaint": 20000}
 BATCH = {"vae": 64, "evalenc": 512, "ldm": 256, "classifier": 256, "inpaint": 256}
 LR = {"vae": 4e-4, "evalenc": 1e-3, "ldm": 4e-4, "classifier": 4e-4, "inpaint": 2e-4}
+#: the shipped evalenc's stage widths (``--evalenc-channels``)
+EVALENC_CHANNELS = (48, 96, 192, 384)
+#: stages that train data-parallel under torchrun; the others run on rank 0 only
+PARALLEL_STAGES = ("vae", "evalenc", "ldm", "classifier", "inpaint")
 
 
 @dataclass
@@ -63,6 +73,15 @@ class JobContext:
     overrides: dict = field(default_factory=dict)
     #: held-out caption prompts of the evaluate stage (the issue's bar asks for at least 200)
     eval_prompts: int = 200
+    #: widths of the evalenc image tower's four stages
+    evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS
+    #: this process's place in a torchrun job (one process by default)
+    dist: DistContext = field(default_factory=DistContext)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that exports, evaluates and writes logs."""
+        return self.dist.is_main
 
     @property
     def weights(self) -> Path:
@@ -103,23 +122,27 @@ class JobContext:
 
 def _fit(ctx: JobContext, stage: str, model, objective, data, **over):
     cfg = ctx.train_config(stage, **over)
-    trainer = Trainer(model, objective, data, cfg, out_dir=ctx.out / "runs" / stage, device=ctx.device, overwrite=True)
+    trainer = Trainer(model, objective, data, cfg, out_dir=ctx.out / "runs" / stage,
+                      dist=ctx.dist if ctx.dist.is_distributed else None, device=ctx.device, overwrite=True)
     limit = 60.0 * ctx.minutes.get(stage, DEFAULT_MINUTES[stage])
     t0 = time.time()
     result = trainer.fit(time_limit_s=None if ctx.small else limit)
     if trainer.ema is not None:
         trainer.ema.copy_to(model)
-    info = {"steps": result.step, "batch_size": cfg.batch_size, "lr": cfg.lr, "wall_s": round(time.time() - t0, 1),
+    info = {"steps": result.step, "batch_size": cfg.batch_size, "processes": ctx.dist.world_size, "lr": cfg.lr, "wall_s": round(time.time() - t0, 1),
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
-    print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
+    if ctx.is_main:
+        print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
     return info
 
 
 def model_card(ctx: JobContext, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:
     return {
         "title": title, "summary": summary, "parameters": params,
-        "recipe": f"condiff.train.recipes.job stage `{stage}` (batch {info['batch_size']}, AdamW lr {info['lr']}, cosine, EMA 0.999, bf16)",
+        "recipe": f"condiff.train.recipes.job stage `{stage}` (batch {info['batch_size']}"
+              + (f" over {info['processes']} processes" if info.get("processes", 1) > 1 else "")
+              + f", AdamW lr {info['lr']}, cosine, EMA 0.999, bf16)",
         "command": "python -m condiff.train.recipes.job --world WORLD --out OUT --stages " + stage,
         "data": f"built-in world v{ctx.world.manifest.get('version')} ({len(ctx.world.train)} training records)",
         "steps": info["steps"], "wall_time": f"{info['wall_s']} s", "device": ctx.gpu_name,
@@ -166,6 +189,8 @@ def stage_vae(ctx: JobContext) -> None:
     train = ctx.world.train
     data = train.images.to(ctx.device)
     info = _fit(ctx, "vae", vae, AutoencoderObjective(), data)
+    if not ctx.is_main:
+        return
     vae.eval()
     scale = estimate_scaling_factor(vae, data[:4096])
     psnr, err_map = psnr_db(vae, ctx.world.eval.images)
@@ -203,14 +228,17 @@ def latent_bank(ctx: JobContext) -> dict:
 
 
 def stage_evalenc(ctx: JobContext) -> None:
-    cfg = ImageEncoderConfig()
+    cfg = ImageEncoderConfig(block_out_channels=ctx.evalenc_channels)
     enc = ImageEncoder(cfg)
     _warm_start(ctx, "evalenc", enc)
     text = text_banks(ctx)
     tr = ~ctx.world.is_eval
     data = {"images": ctx.world.images[tr].to(ctx.device), "text": text["pooled"][tr.to(text["pooled"].device)],
             "concept": ctx.world.concept_id[tr].to(ctx.device), "flippable": ctx.world.flippable[tr].to(ctx.device)}
-    info = _fit(ctx, "evalenc", enc, EvalEncoderObjective(), data)
+    objective = EvalEncoderObjective(concept_text=text["concept_text"].to(ctx.device), concept_weight=1.0)
+    info = _fit(ctx, "evalenc", enc, objective, data)
+    if not ctx.is_main:
+        return
     enc.eval()
     ev = ctx.world.eval
     metrics = {f"held-out {k}": round(v, 4) for k, v in
@@ -221,8 +249,9 @@ def stage_evalenc(ctx: JobContext) -> None:
                      extra={"text_encoder": "all-MiniLM-L6-v2 (mean-pooled, frozen)", "concepts": ctx.world.concepts},
                      card=model_card(ctx, "evalenc", info, count_parameters(enc), metrics,
                                 "condiff-evalenc (LiT vs. MiniLM)",
-                                "CLIP-style image tower trained against frozen MiniLM caption embeddings; "
-                                "the built-in world's stand-in for CLIP features. Not CLIP."))
+                                "CLIP-style image tower trained against frozen MiniLM caption embeddings (InfoNCE "
+                                "over the batch + cross-entropy over all concept prompts); the built-in world's "
+                                "stand-in for CLIP features. Not CLIP."))
 
 
 def _ldm_denoiser(unet: UNet, schedule: DiscreteSchedule) -> NetworkDenoiser:
@@ -245,6 +274,8 @@ def stage_ldm(ctx: JobContext) -> None:
     data = {"mean": lat["mean"][tr], "std": lat["std"][tr], "ctx": text["ctx"][tr.to(text["ctx"].device)]}
     obj = TextToImageObjective(den, schedule, text["empty"], lat["scale"])
     info = _fit(ctx, "ldm", den, obj, data)
+    if not ctx.is_main:
+        return
     ctx.log["ldm"] = info
     _sample_grid(ctx, unet, lat, schedule)
     export_component(unet, ctx.weights / "ldm", kind="unet", network_config=cfg.to_dict(), extra=_unet_extra(),
@@ -285,6 +316,8 @@ def stage_classifier(ctx: JobContext) -> None:
     tr = (~ctx.world.is_eval).to(ctx.device)
     data = {"mean": lat["mean"][tr], "std": lat["std"][tr], "label": ctx.world.style_id.to(ctx.device)[tr]}
     info = _fit(ctx, "classifier", clf, NoisyClassifierObjective(schedule, lat["scale"]), data)
+    if not ctx.is_main:
+        return
     clf.eval()
     ev = ctx.world.is_eval.to(ctx.device)
     metrics = _classifier_accuracy(clf, lat["mean"][ev].float() * lat["scale"], ctx.world.style_id.to(ctx.device)[ev], schedule)
@@ -328,21 +361,31 @@ def stage_inpaint(ctx: JobContext) -> None:
     data = {"mean": lat["mean"][trd], "std": lat["std"][trd], "ctx": text["ctx"][tr.to(text["ctx"].device)],
             "masks": masks, "zm": zm}
     info = _fit(ctx, "inpaint", den, InpaintObjective(den, schedule, text["empty"], lat["scale"]), data)
+    if not ctx.is_main:
+        return
     ctx.log["inpaint"] = info
     export_component(unet, ctx.weights / "ldm-inpaint", kind="inpaint-unet", network_config=unet.config.to_dict(),
                      extra=_unet_extra(),
                      card=model_card(ctx, "inpaint", info, count_parameters(unet), {}, "Built-in inpainting latent U-Net",
                                 "9 input channels (latent + mask + masked-image latent), fine-tuned from `ldm` "
-                                "with zero-initialised extra channels; 25 % fully masked samples."))
+                                "with zero-initialised extra channels; 25 % fully masked, 20 % subject-masked samples."))
 
 
 def _warm_start(ctx: JobContext, name: str, net: torch.nn.Module, required: bool = False) -> None:
+    """Load ``name`` from this job or ``--init`` into ``net``; a differently shaped network starts from scratch
+    (or, with ``required``, fails)."""
     if not ctx.has(name):
         if required:
             raise FileNotFoundError(f"stage needs component {name!r}; train it first or pass --init")
         return
-    state = {k: v.float() for k, v in load_weights(ctx.component(name)).items()}
-    net.load_state_dict(strict_prefix(state))
+    state = strict_prefix({k: v.float() for k, v in load_weights(ctx.component(name)).items()})
+    own = net.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        if required:
+            raise ValueError(f"component {name!r} in {ctx.component(name)} does not fit this stage's network")
+        print(f"{name} in {ctx.component(name)} has another architecture: training from scratch", flush=True)
+        return
+    net.load_state_dict(state)
     print(f"warm start {name} from {ctx.component(name)}", flush=True)
 
 
@@ -400,34 +443,59 @@ def ship_component(folder: Path, dest: Path, limit: int = 15 * 1024 * 1024) -> l
 
 def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minutes: dict[str, float] | None = None,
             init: str | Path | None = None, small: bool = False, device: str | None = None,
-            ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200) -> dict:
+            ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200,
+            evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dist = init_distributed(device)
+    if dist.is_distributed:
+        check_parallel_order(stages)
+    dev = dist.device if dist.is_distributed else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     ctx = JobContext(load_world(world_dir), Path(out), dev, small, Path(init) if init else None, dict(minutes or {}))
+    ctx.dist = dist
     ctx.gpu_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    if dist.is_distributed:
+        ctx.gpu_name = f"{dist.world_size} × {ctx.gpu_name}"
     ctx.ship = Path(ship) if ship else None
     ctx.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     ctx.eval_prompts = int(eval_prompts)
+    ctx.evalenc_channels = tuple(evalenc_channels)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:
+        if s not in PARALLEL_STAGES and not ctx.is_main:
+            break  # rank 0 runs the remaining (single-process) stages alone
         before = set(p.name for p in ctx.weights.glob("*")) if ctx.weights.exists() else set()
         RUNNERS[s](ctx)
+        if dist.is_distributed and s in PARALLEL_STAGES:
+            torch.distributed.barrier()  # the next stage may warm-start from what rank 0 just exported
+        if not ctx.is_main:
+            continue
         ctx.log["elapsed_s"] = round(time.time() - t0, 1)
         (ctx.out / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
         if ctx.ship is not None:
             for name in sorted(set(p.name for p in ctx.weights.glob("*")) - before):
                 ship_component(ctx.weights / name, ctx.ship)
             (ctx.ship / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
-    ctx.log["device"] = ctx.gpu_name
-    ctx.log["torch"] = torch.__version__
-    (ctx.out / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
+    if ctx.is_main:
+        ctx.log["device"] = ctx.gpu_name
+        ctx.log["torch"] = torch.__version__
+        (ctx.out / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
+    shutdown_distributed(dist)
     return ctx.log
+
+
+def check_parallel_order(stages: list[str]) -> None:
+    """Under torchrun, single-process stages may only follow the data-parallel ones (ranks > 0 stop there)."""
+    last = max((i for i, s in enumerate(stages) if s in PARALLEL_STAGES), default=-1)
+    early = [s for s in stages[:last] if s not in PARALLEL_STAGES]
+    if early:
+        raise ValueError(f"under torchrun, stage(s) {early} run on rank 0 only and must come after the data-parallel "
+                         f"stages {list(PARALLEL_STAGES)}; reorder --stages or run them in a second job")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -442,17 +510,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ship", default=None, help="also pack each finished component into tar files here")
     p.add_argument("--steps", default="", help="per-stage step counts (the cosine LR decays over them), e.g. ldm=5000")
     p.add_argument("--lr", default="", help="per-stage peak learning rates, e.g. ldm=3e-4,controlnet-normal=2e-4")
+    p.add_argument("--batch", default="",
+                   help="per-stage global batch sizes (split over torchrun processes), e.g. ldm=1024")
     p.add_argument("--min-lr-ratio", default="",
                    help="per-stage cosine floor as a fraction of the peak, e.g. ldm=0.05 (an annealing run)")
     p.add_argument("--eval-prompts", type=int, default=200,
                    help="held-out caption prompts of the evaluate stage (adherence and inpainting)")
+    p.add_argument("--evalenc-channels", default=",".join(map(str, EVALENC_CHANNELS)),
+                   help="widths of the evalenc image tower's stages, e.g. 48,96,192,384")
     a = p.parse_args(argv)
     if a.eval_prompts < 1:
         raise SystemExit("--eval-prompts must be at least 1")
+    try:
+        channels = tuple(int(c) for c in a.evalenc_channels.split(","))
+    except ValueError:
+        raise SystemExit(f"--evalenc-channels: expected comma-separated integers, got {a.evalenc_channels!r}") from None
+    if not channels or any(c <= 0 or c % 16 for c in channels):
+        raise SystemExit(f"--evalenc-channels: every width must be a positive multiple of 16 (GroupNorm groups), "
+                         f"got {a.evalenc_channels!r}")
     stages = [s for s in a.stages.split(",") if s]
     run_job(a.world, a.out, stages, minutes=_per_stage(a.minutes, "--minutes", float), init=a.init, small=a.small,
-            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio),
-            eval_prompts=a.eval_prompts)
+            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio, a.batch),
+            eval_prompts=a.eval_prompts, evalenc_channels=channels)
 
 
 def _per_stage(text: str, flag: str, cast) -> dict:
@@ -471,14 +550,17 @@ def _per_stage(text: str, flag: str, cast) -> dict:
     return out
 
 
-def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "") -> dict[str, dict]:
-    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio`` options."""
+def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "", batch: str = "") -> dict[str, dict]:
+    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio/--batch`` options."""
     out: dict[str, dict] = {}
     for flag, key, text, cast in (("--steps", "steps", steps, int), ("--lr", "lr", lr, float),
-                                  ("--min-lr-ratio", "min_lr_ratio", min_lr_ratio, float)):
+                                  ("--min-lr-ratio", "min_lr_ratio", min_lr_ratio, float),
+                                  ("--batch", "batch_size", batch, int)):
         for stage, value in _per_stage(text, flag, cast).items():
             if stage not in RUNNERS:
                 raise SystemExit(f"{flag}: unknown stage {stage!r}; choose from {list(RUNNERS)}")
+            if key in ("steps", "batch_size") and value < 1:
+                raise SystemExit(f"{flag}: {stage}={value} must be at least 1")
             out.setdefault(stage, {})[key] = value
     return out
 

@@ -8,7 +8,8 @@ frozen MiniLM token embeddings as cross-attention context (eq. 3.11–3.13).
   prompt's, so one network learns ε(x|c) and ε(x|∅) for classifier-free guidance (eq. 3.9).
 * Inpainting: the U-Net gets 5 extra input channels — the mask (1) and the latent of the masked
   image (4) — zero-initialised in ``conv_in`` so training starts from the text-to-image model
-  (SD inpainting recipe); a quarter of the masks cover the whole image.
+  (SD inpainting recipe); a quarter of the masks cover the whole image, a fifth the whole subject
+  (:func:`random_masks`).
 
 Data are pre-encoded once: latent posterior means/stds [N, 4, 32, 32] and the context of every
 caption variant [N, K, L, 384], both on the GPU, so a step is pure U-Net work.
@@ -17,6 +18,7 @@ caption variant [N, K, L, 384], both on the GPU, so a step is pure U-Net work.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...denoisers import Cond, NetworkDenoiser
@@ -25,7 +27,7 @@ from ...nn.unet import UNet, UNetConfig
 
 __all__ = [
     "builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks",
-    "inpaint_bank", "pick_context", "sample_latents",
+    "inpaint_bank", "pick_context", "sample_latents", "MASK_MIXTURE", "SUBJECT_DILATION",
 ]
 
 
@@ -69,22 +71,43 @@ class TextToImageObjective:
         return self.loss(self.denoiser, z, Cond(context=ctx), g)
 
 
-def random_masks(regions: Tensor, g: torch.Generator, p_full: float = 0.25) -> Tensor:
+#: the inpainting training masks' mixture: kind -> probability (whole picture first, as in SD inpainting)
+MASK_MIXTURE = {"full": 0.25, "region": 0.15, "subject": 0.20, "box": 0.20, "strokes": 0.20}
+#: dilation radii (pixels) of the "subject" masks, one drawn per sample
+SUBJECT_DILATION = (2, 4, 6, 8)
+
+
+def random_masks(regions: Tensor, g: torch.Generator, mixture: dict[str, float] | None = None) -> Tensor:
     """Inpainting masks [B, 1, H, W] in {0, 1} (1 = repaint) drawn on the GPU.
 
-    Mixture: 25 % whole image, 25 % one object/region of the picture (from the vector layers),
-    25 % a random box (10–60 % of the side), 25 % thick random strokes.
+    Kinds (:data:`MASK_MIXTURE`): the whole image ("full", 25 %, the SD inpainting recipe); one
+    object/region of the picture from its vector layers ("region"); the whole subject — every
+    non-background layer — dilated by 2–8 px ("subject": object replacement, where only the prompt
+    says what goes inside); a random box of 10–60 % of the side ("box"); three thick random strokes
+    ("strokes"). A region or subject pick that hits nothing falls back to the whole image.
     """
+    mixture = MASK_MIXTURE if mixture is None else mixture
+    unknown = set(mixture) - set(MASK_MIXTURE)
+    if unknown or not mixture or any(v < 0 for v in mixture.values()) or sum(mixture.values()) <= 0:
+        raise ValueError(f"mask mixture needs non-negative weights over {list(MASK_MIXTURE)}, got {mixture}")
     b, h, w = regions.shape
     dev = regions.device
+    names = list(MASK_MIXTURE)
+    probs = torch.tensor([float(mixture.get(k, 0.0)) for k in names])
+    cum = (probs.cumsum(0) / probs.sum()).to(dev)
     u = torch.rand(b, generator=g, device=g.device).to(dev)
-    kind = torch.where(u < p_full, 0, torch.where(u < 0.5, 1, torch.where(u < 0.75, 2, 3)))
+    kind = torch.searchsorted(cum, u, right=True).clamp(max=len(names) - 1)
     ys = torch.arange(h, device=dev).view(1, h, 1).float()
     xs = torch.arange(w, device=dev).view(1, 1, w).float()
     # region masks: pick one non-background layer index per sample
     nreg = regions.flatten(1).amax(1).clamp(min=1).float()
     pick = (torch.rand(b, generator=g, device=g.device).to(dev) * nreg).floor() + 1
     region = (regions.float() == pick.view(b, 1, 1)).float()
+    # subject masks: all non-background layers, dilated by a radius drawn per sample
+    fg = (regions > 0).float()[:, None]
+    dil = torch.stack([F.max_pool2d(fg, 2 * r + 1, stride=1, padding=r)[:, 0] for r in SUBJECT_DILATION], 1)
+    which = torch.randint(0, len(SUBJECT_DILATION), (b,), generator=g, device=g.device).to(dev)
+    subject = dil[torch.arange(b, device=dev), which]
     # boxes
     r = torch.rand(b, 4, generator=g, device=g.device).to(dev)
     bh, bw = (0.1 + 0.5 * r[:, 0]) * h, (0.1 + 0.5 * r[:, 1]) * w
@@ -102,8 +125,8 @@ def random_masks(regions: Tensor, g: torch.Generator, p_full: float = 0.25) -> T
         dist = ((xs - ax.view(b, 1, 1) - t * dx) ** 2 + (ys - ay.view(b, 1, 1) - t * dy) ** 2).sqrt()
         stroke = torch.maximum(stroke, (dist < width.view(b, 1, 1) / 2).float())
     full = torch.ones(b, h, w, device=dev)
-    masks = torch.stack([full, region, box, stroke], 1)[torch.arange(b, device=dev), kind]
-    empty = masks.flatten(1).amax(1) == 0  # a region pick that hit nothing -> whole image
+    masks = torch.stack([full, region, subject, box, stroke], 1)[torch.arange(b, device=dev), kind]
+    empty = masks.flatten(1).amax(1) == 0  # a region/subject pick that hit nothing -> whole image
     masks[empty] = 1.0
     return masks[:, None]
 
