@@ -141,7 +141,7 @@ def model_card(ctx: JobContext, stage: str, info: dict, params: int, metrics: di
     return {
         "title": title, "summary": summary, "parameters": params,
         "recipe": f"condiff.train.recipes.job stage `{stage}` (batch {info['batch_size']}"
-              + (f" over {info['processes']} processes" if info.get("processes", 1) > 1 else "")
+              + (f" over {info['processes']} processes" if info["processes"] > 1 else "")
               + f", AdamW lr {info['lr']}, cosine, EMA 0.999, bf16)",
         "command": "python -m condiff.train.recipes.job --world WORLD --out OUT --stages " + stage,
         "data": f"built-in world v{ctx.world.manifest.get('version')} ({len(ctx.world.train)} training records)",
