@@ -407,7 +407,8 @@ def stage_controlnet(ctx: "JobContext", kind: str) -> None:
     if trainer.ema is not None:
         trainer.ema.copy_to(net)
     net.eval()
-    info = {"steps": result.step, "batch_size": cfg.batch_size, "lr": cfg.lr, "wall_s": round(time.time() - t0, 1),
+    info = {"steps": result.step, "batch_size": cfg.batch_size, "processes": 1, "lr": cfg.lr,
+            "wall_s": round(time.time() - t0, 1),
             "train_records": len(train), "final_loss": result.history[-1]["loss"] if result.history else None,
             "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
     print(f"[{name}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
