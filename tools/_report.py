@@ -22,7 +22,7 @@ def check_output(a: argparse.Namespace) -> None:
             raise SystemExit(str(err)) from None
 
 
-def write_output(a: argparse.Namespace, report: dict) -> None:
+def write_output(a: argparse.Namespace, report: dict | list) -> None:
     from condiff.io import atomic_path
 
     if a.out:

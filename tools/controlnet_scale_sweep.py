@@ -5,7 +5,8 @@
 Uses the job's own measurement (:func:`condiff.train.recipes.controlnet.evaluate_adherence`): the
 ControlNet's output and the unconditioned model's output (same prompts and seeds) are re-run through
 the condition's preprocessor and scored against the held-out condition. Needs a built world
-(``condiff data build --from-pack PACK --out build/world``). Prints one JSON line per (kind, scale).
+(``condiff data build --from-pack PACK --out build/world``). Prints one JSON line per (kind, scale);
+``--out`` writes them all as one JSON list.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+from _report import add_output_options, check_output, write_output
 
 
 def main() -> None:
@@ -27,7 +30,10 @@ def main() -> None:
     p.add_argument("--scales", default="1,2")
     p.add_argument("--n", type=int, default=32, help="held-out conditions per kind")
     p.add_argument("--steps", type=int, default=20)
+    add_output_options(p)
     a = p.parse_args()
+    check_output(a)
+    rows = []
     model, world = load_model("builtin"), load_world(a.world)
     for kind in a.kinds.split(","):
         net = load_controlnet_folder(WEIGHTS_DIR / f"controlnet-{kind}")[0].eval()
@@ -38,9 +44,11 @@ def main() -> None:
             rep = evaluate_adherence(model, net, kind, cond, [world.captions[i][0] for i in held.tolist()],
                                      keypoints=world.keypoints[held], masks=world.depth[held] > 0,
                                      references=world.images[held], scale=scale, steps=a.steps, batch_size=16)
-            print(json.dumps({"kind": kind, "scale": scale, "seconds": round(time.time() - t0, 1),
-                              **{k: round(float(v), 4) if isinstance(v, (int, float)) else v
-                                 for k, v in rep.summary().items()}}), flush=True)
+            rows.append({"kind": kind, "scale": scale, "seconds": round(time.time() - t0, 1),
+                         **{k: round(float(v), 4) if isinstance(v, (int, float)) else v
+                            for k, v in rep.summary().items()}})
+            print(json.dumps(rows[-1]), flush=True)
+    write_output(a, rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
   (condiff-evalenc) ranks all concept prompts for each generated image; the share of images whose
   requested concept is in the top 5, over a guidance sweep (:data:`ADHERENCE_GUIDANCE`, γ = 0 and the
   default 5 included), against the same figure on the real held-out pictures.
+* **Where adherence fails**: the same top-5 figure split by how many training pictures the requested
+  concept has (:func:`adherence_by_training_count`), for generated and real pictures, and how many of
+  the generated misses the encoder also makes on the real picture.
 * **FID-style distance**: Fréchet distance between condiff-evalenc features of ``n_fid`` generated
   and ``n_fid`` real held-out images, for DDIM, Heun and DPM-Solver++(2M) at 10, 20 and 50 steps.
 * **Inpainting**: on held-out pictures, evalenc similarity of the composite to the caption (inside
@@ -35,7 +38,8 @@ from ...pipelines.text2img import generate
 from ...schedules import DiscreteSchedule
 
 __all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE", "evaluate_inpainting",
-           "inpaint_eval_masks", "inpaint_eval_records", "eval_order", "subject_records", "INPAINT_MASKS"]
+           "inpaint_eval_masks", "inpaint_eval_records", "eval_order", "subject_records", "INPAINT_MASKS",
+           "generate_many", "adherence_by_training_count", "TRAIN_COUNT_BUCKETS"]
 
 #: guidance scales of the adherence sweep (0 = unconditional; the default is 5; 1, 2.5, 5, 10, 20, 40 is the
 #: thesis's Fig. 4.3 sweep)
@@ -69,14 +73,52 @@ def concept_ranks(enc: ImageEncoder, images: Tensor, concept_ids: Tensor, concep
     return torch.cat(ranks)
 
 
+#: buckets of :func:`adherence_by_training_count`: (least, most) training pictures of the concept; None = no limit
+TRAIN_COUNT_BUCKETS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, None))
+
+
+def adherence_by_training_count(generated_ranks: Tensor, real_ranks: Tensor, train_counts: Tensor,
+                                buckets=TRAIN_COUNT_BUCKETS, top: int = 5) -> dict:
+    """Top-``top`` adherence of generated and real pictures per bucket of the concept's training-picture count.
+
+    ``generated_ranks``/``real_ranks`` [N]: rank of the requested concept (0 = best, :func:`concept_ranks`)
+    for the generated picture of each prompt and for the real held-out picture the prompt describes;
+    ``train_counts`` [N]: how many training pictures that concept has. Each bucket reports its prompt
+    count and both hit rates with bootstrap 95 % intervals (one prompt: no interval; none: the count alone).
+    ``"misses"`` counts generated misses, real misses and both: a generated miss that the encoder
+    also makes on the real picture is the yardstick's limit rather than the generator's.
+    """
+    g, r, c = (torch.as_tensor(t) for t in (generated_ranks, real_ranks, train_counts))
+    if not g.shape == r.shape == c.shape or g.ndim != 1:
+        raise ValueError(f"ranks and counts must be equal-length 1-D tensors, got {tuple(g.shape)}, "
+                         f"{tuple(r.shape)}, {tuple(c.shape)}")
+    g_hit, r_hit = g < top, r < top
+    out: dict = {}
+    for lo, hi in buckets:
+        sel = (c >= lo) if hi is None else (c >= lo) & (c <= hi)
+        name = f"{lo}" if hi == lo else f"{lo}+" if hi is None else f"{lo}-{hi}"
+        entry: dict = {"prompts": int(sel.sum())}
+        for key, hit in (("generated", g_hit), ("real", r_hit)):
+            if entry["prompts"] >= 2:
+                entry[key] = _ci(hit[sel].float())
+            elif entry["prompts"] == 1:  # one prompt: a rate, but no interval
+                entry[key] = {"mean": float(hit[sel].float()), "ci95": None}
+        out[f"{name} training pictures"] = entry
+    out["misses"] = {"generated": int((~g_hit).sum()), "real": int((~r_hit).sum()),
+                     "both": int((~g_hit & ~r_hit).sum())}
+    return out
+
+
 @torch.no_grad()
 def _features(enc: ImageEncoder, images: Tensor, batch: int = 500) -> Tensor:
     device = next(enc.parameters()).device
     return torch.cat([enc(images[i:i + batch].to(device).float()).float().cpu() for i in range(0, len(images), batch)])
 
 
-def _generate_many(model: LatentDiffusion, prompts: list[str], *, guidance: float, sampler: str, steps: int,
-                   batch: int) -> Tensor:
+def generate_many(model: LatentDiffusion, prompts: list[str], *, guidance: float, sampler: str, steps: int,
+                  batch: int) -> Tensor:
+    """Text-to-image for many prompts in batches of ``batch``; prompt ``j`` gets the seed ``10_000 + j``, so the
+    pictures do not depend on ``batch``. Returns [N, 3, H, W] in [0, 1]."""
     out = []
     for i in range(0, len(prompts), batch):
         res = generate(model, prompts[i:i + batch], guidance=guidance, sampler=sampler, steps=steps, seed=10_000 + i,
@@ -119,10 +161,15 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
                     "concepts": len(ctx.world.concepts)}
     real_ranks = concept_ranks(enc, ev.images[p_idx].float() / 255, truth, ct)
     report["adherence top5, real held-out images"] = _ci((real_ranks < 5).float())
+    default_gamma = float(model.info.get("default_guidance", 5.0))
     for gamma in ADHERENCE_GUIDANCE:
-        imgs = _generate_many(model, prompts, guidance=gamma, sampler="dpmpp_2m", steps=20, batch=batch)
+        imgs = generate_many(model, prompts, guidance=gamma, sampler="dpmpp_2m", steps=20, batch=batch)
         r = concept_ranks(enc, imgs, truth, ct)
         report[f"adherence top5, generated γ={gamma:g}"] = _ci((r < 5).float())
+        if gamma == default_gamma:
+            counts = torch.bincount(ctx.world.train.concept_id, minlength=len(ctx.world.concepts))[truth]
+            report[f"adherence top5 by training pictures of the concept, γ={gamma:g}"] = adherence_by_training_count(
+                r, real_ranks, counts)
     # FID-style distances
     f_idx = order[:n_fid]
     real_feats = _features(enc, ev.images[f_idx].float() / 255)
@@ -131,7 +178,7 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
     for sampler in ("ddim", "heun", "dpmpp_2m"):
         for steps in (10, 20, 50):
             ts = time.time()
-            imgs = _generate_many(model, fid_prompts, guidance=5.0, sampler=sampler, steps=steps, batch=batch)
+            imgs = generate_many(model, fid_prompts, guidance=5.0, sampler=sampler, steps=steps, batch=batch)
             fid[f"{sampler}@{steps}"] = {"fd": round(frechet_distance(_features(enc, imgs).double(), real_feats.double()), 5),
                                          "seconds": round(time.time() - ts, 1)}
     half = len(real_feats) // 2
