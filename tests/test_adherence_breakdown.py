@@ -19,7 +19,7 @@ def test_breakdown_splits_hits_by_training_count_and_counts_shared_misses():
     lo, hi = out["0 training pictures"]["generated"]["ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
     assert "generated" not in out["6-10 training pictures"]
-    # generated misses: 9, 7, 100, 5 → 4; real misses: 8, 50, 9 → 3; both: (7? no) 100/50 and 5/9 → 2
+    # generated misses (rank ≥ 5): 9, 7, 100, 5 → 4; real misses: 8, 50, 9 → 3; both: 100/50 and 5/9 → 2
     assert out["misses"] == {"generated": 4, "real": 3, "both": 2}
 
 
