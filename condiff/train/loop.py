@@ -257,6 +257,14 @@ class TrainResult:
     elapsed_s: float = 0.0
     stopped_early: bool = False
 
+    def summary(self, cfg: TrainConfig, wall_s: float, processes: int = 1) -> dict:
+        """The run's record for job logs and model cards: steps, global batch, process count, peak lr, wall
+        time, final loss and about 20 points of the loss curve."""
+        h = self.history
+        return {"steps": self.step, "batch_size": cfg.batch_size, "processes": processes, "lr": cfg.lr,
+                "wall_s": round(wall_s, 1), "final_loss": h[-1]["loss"] if h else None,
+                "loss_curve": [(r["step"], round(r["loss"], 5)) for r in h[:: max(1, len(h) // 20)]]}
+
 
 # --------------------------------------------------------------------------------------------
 

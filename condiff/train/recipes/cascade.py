@@ -91,10 +91,7 @@ def fit_stage(ctx, stage: str, model: nn.Module, objective, data) -> dict[str, A
     if trainer.ema is not None:
         trainer.ema.copy_to(model)
     model.eval()
-    info = {"steps": result.step, "batch_size": cfg.batch_size, "processes": 1, "lr": cfg.lr,
-            "wall_s": round(time.time() - t0, 1),
-            "final_loss": result.history[-1]["loss"] if result.history else None,
-            "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
+    info = result.summary(cfg, time.time() - t0)
     print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
     return info
 

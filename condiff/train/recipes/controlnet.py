@@ -407,10 +407,7 @@ def stage_controlnet(ctx: "JobContext", kind: str) -> None:
     if trainer.ema is not None:
         trainer.ema.copy_to(net)
     net.eval()
-    info = {"steps": result.step, "batch_size": cfg.batch_size, "processes": 1, "lr": cfg.lr,
-            "wall_s": round(time.time() - t0, 1),
-            "train_records": len(train), "final_loss": result.history[-1]["loss"] if result.history else None,
-            "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
+    info = {**result.summary(cfg, time.time() - t0), "train_records": len(train)}
     print(f"[{name}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
 
     # what ships: int8 weights; measure with exactly those

@@ -36,6 +36,7 @@ from ...nn.unet import UNet, UNetConfig
 from ...pipelines.inpaint import inpaint
 from ...pipelines.text2img import generate
 from ...schedules import DiscreteSchedule
+from .latent import subject_masks
 
 __all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE", "evaluate_inpainting",
            "inpaint_eval_masks", "inpaint_eval_records", "eval_order", "subject_records", "INPAINT_MASKS",
@@ -149,8 +150,10 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
         return u.to(dev).eval().requires_grad_(False)
 
     inp = unet_of("ldm-inpaint") if ctx.has("ldm-inpaint") else None
+    default_gamma = float(read_config(ctx.component("ldm")).get("default_guidance", 5.0))
     model = LatentDiffusion("builtin", unet_of("ldm"), vae, MiniLMTextEncoder(max_length=24).to(dev), schedule,
-                            scaling_factor=scale, image_size=128, inpaint_unet=inp)
+                            scaling_factor=scale, image_size=128, inpaint_unet=inp,
+                            info={"default_guidance": default_gamma})
     ev = ctx.world.eval
     order = eval_order(ev)
     p_idx = order[:n_prompts]
@@ -161,7 +164,6 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
                     "concepts": len(ctx.world.concepts)}
     real_ranks = concept_ranks(enc, ev.images[p_idx].float() / 255, truth, ct)
     report["adherence top5, real held-out images"] = _ci((real_ranks < 5).float())
-    default_gamma = float(model.info.get("default_guidance", 5.0))
     for gamma in ADHERENCE_GUIDANCE:
         imgs = generate_many(model, prompts, guidance=gamma, sampler="dpmpp_2m", steps=20, batch=batch)
         r = concept_ranks(enc, imgs, truth, ct)
@@ -178,7 +180,7 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
     for sampler in ("ddim", "heun", "dpmpp_2m"):
         for steps in (10, 20, 50):
             ts = time.time()
-            imgs = generate_many(model, fid_prompts, guidance=5.0, sampler=sampler, steps=steps, batch=batch)
+            imgs = generate_many(model, fid_prompts, guidance=default_gamma, sampler=sampler, steps=steps, batch=batch)
             fid[f"{sampler}@{steps}"] = {"fd": round(frechet_distance(_features(enc, imgs).double(), real_feats.double()), 5),
                                          "seconds": round(time.time() - ts, 1)}
     half = len(real_feats) // 2
@@ -214,8 +216,7 @@ def inpaint_eval_masks(ev, idx: list[int], kind: str, dilate: int = 5) -> Tensor
         mask[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
         return mask
     if kind == "subject":
-        fg = (ev.regions[idx] > 0).float()[:, None]
-        return (torch.nn.functional.max_pool2d(fg, 2 * dilate + 1, stride=1, padding=dilate) > 0).float()
+        return subject_masks(ev.regions[idx], dilate)
     raise ValueError(f"unknown inpainting mask {kind!r}; choose from {INPAINT_MASKS}")
 
 

@@ -129,9 +129,7 @@ def _fit(ctx: JobContext, stage: str, model, objective, data, **over):
     result = trainer.fit(time_limit_s=None if ctx.small else limit)
     if trainer.ema is not None:
         trainer.ema.copy_to(model)
-    info = {"steps": result.step, "batch_size": cfg.batch_size, "processes": ctx.dist.world_size, "lr": cfg.lr, "wall_s": round(time.time() - t0, 1),
-            "final_loss": result.history[-1]["loss"] if result.history else None,
-            "loss_curve": [(r["step"], round(r["loss"], 5)) for r in result.history[:: max(1, len(result.history) // 20)]]}
+    info = result.summary(cfg, time.time() - t0, processes=ctx.dist.world_size)
     if ctx.is_main:
         print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
     return info

@@ -27,7 +27,7 @@ from ...nn.unet import UNet, UNetConfig
 
 __all__ = [
     "builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks",
-    "inpaint_bank", "pick_context", "sample_latents", "MASK_MIXTURE", "SUBJECT_DILATION",
+    "inpaint_bank", "pick_context", "sample_latents", "MASK_MIXTURE", "SUBJECT_DILATION", "subject_masks",
 ]
 
 
@@ -77,6 +77,13 @@ MASK_MIXTURE = {"full": 0.25, "region": 0.15, "subject": 0.20, "box": 0.20, "str
 SUBJECT_DILATION = (2, 4, 6, 8)
 
 
+def subject_masks(regions: Tensor, radius: int) -> Tensor:
+    """Masks [B, 1, H, W] in {0, 1} of every non-background layer of ``regions`` [B, H, W] (the world's layer
+    map, 0 = background), dilated by ``radius`` pixels (a square window)."""
+    fg = (regions > 0).float()[:, None]
+    return F.max_pool2d(fg, 2 * radius + 1, stride=1, padding=radius)
+
+
 def random_masks(regions: Tensor, g: torch.Generator, mixture: dict[str, float] | None = None) -> Tensor:
     """Inpainting masks [B, 1, H, W] in {0, 1} (1 = repaint) drawn on the GPU.
 
@@ -104,8 +111,7 @@ def random_masks(regions: Tensor, g: torch.Generator, mixture: dict[str, float] 
     pick = (torch.rand(b, generator=g, device=g.device).to(dev) * nreg).floor() + 1
     region = (regions.float() == pick.view(b, 1, 1)).float()
     # subject masks: all non-background layers, dilated by a radius drawn per sample
-    fg = (regions > 0).float()[:, None]
-    dil = torch.stack([F.max_pool2d(fg, 2 * r + 1, stride=1, padding=r)[:, 0] for r in SUBJECT_DILATION], 1)
+    dil = torch.cat([subject_masks(regions, r) for r in SUBJECT_DILATION], 1)
     which = torch.randint(0, len(SUBJECT_DILATION), (b,), generator=g, device=g.device).to(dev)
     subject = dil[torch.arange(b, device=dev), which]
     # boxes
