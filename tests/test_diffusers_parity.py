@@ -81,6 +81,19 @@ def test_unet_sd2_style_linear_projection_per_level_heads_matches_diffusers():
 
 
 @torch.no_grad()
+def test_unet_deeper_decoder_transformers_match_diffusers():
+    """reverse_transformer_layers_per_block: per-up-block and per-layer depths, contracting path unchanged."""
+    cfg = UNetConfig(**TINY, attention_levels=(True, True), num_attention_heads=(2, 2), use_linear_projection=True,
+                     reverse_transformer_layers_per_block=((3, 2), 2))
+    ref, ours = _pair_unet(cfg, seed=5)
+    assert [len(a.transformer_blocks) for a in ours.up_blocks[0].attentions] == [3, 2]
+    assert [len(a.transformer_blocks) for a in ours.up_blocks[1].attentions] == [2, 2]
+    assert all(len(a.transformer_blocks) == 1 for b in ours.down_blocks for a in b.attentions)
+    x, t, ctx = _inputs(cfg)
+    assert _err(ref(x, t, ctx).sample, ours(x, t, Cond(context=ctx))) <= TOL
+
+
+@torch.no_grad()
 def test_unet_nine_input_channels_matches_diffusers():
     cfg = UNetConfig(**{**TINY, "in_channels": 9}, attention_levels=(True, False), num_attention_heads=2)
     ref, ours = _pair_unet(cfg, seed=4)

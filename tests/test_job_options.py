@@ -12,7 +12,8 @@ import torch
 from condiff.data.builder import build_world
 from condiff.data.sources import load_small_sets
 from condiff.train.recipes.evaluate import inpaint_eval_masks, subject_records
-from condiff.train.recipes.job import JobContext, check_parallel_order, parse_overrides
+from condiff.train.recipes.job import JobContext, check_parallel_order
+from condiff.train.recipes.job_cli import parse_overrides
 from condiff.train.recipes.world import load_world
 
 

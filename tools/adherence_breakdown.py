@@ -64,7 +64,7 @@ def main() -> None:
                  "by training pictures of the concept": adherence_by_training_count(gen, real, counts)}
     if a.list:
         with torch.no_grad():
-            top = (enc(images.to(a.device)).float() @ concept_text.t()).topk(3, dim=1).indices.cpu()
+            top = (enc(images.to(a.device)).float() @ concept_text.to(a.device).t()).topk(3, dim=1).indices.cpu()
         rep["prompts listed"] = [
             {"prompt": prompts[i], "concept": world.concepts[int(truth[i])], "training pictures": int(counts[i]),
              "rank generated": int(gen[i]), "rank real": int(real[i]),

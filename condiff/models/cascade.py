@@ -51,7 +51,7 @@ from ..editing import _fit_batch
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..samplers.registry import model_schedule
 from ..schedules import DiscreteSchedule
-from .weights import WeightsError, load_weights, read_config
+from .weights import WeightsError, load_state, read_config
 
 __all__ = [
     "AUG_LABEL_SCALE",
@@ -342,7 +342,7 @@ def load_unet_component(folder: str | Path, device="cpu", dtype=torch.float32) -
     config = read_config(folder)
     net = UNet(UNetConfig.from_dict(config["network"]))
     try:
-        net.load_state_dict({k: v.float() for k, v in load_weights(folder).items()}, strict=True)
+        net.load_state_dict(load_state(folder), strict=True)
     except RuntimeError as err:
         raise WeightsError(f"weights in {folder} do not fit the U-Net of its config.json: {err}") from err
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..schedules import DiscreteSchedule
 from .ldm import LatentDiffusion
-from .weights import WeightsError, load_weights, read_config
+from .weights import WeightsError, load_state, read_config
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -117,9 +117,9 @@ def load_component(name: str, device: str | torch.device = "cpu", dtype: torch.d
         )
     config = read_config(folder)
     net = build_network(config)
-    state = load_weights(folder)
+    state = load_state(folder)
     try:
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise WeightsError(f"weights in {folder} do not fit the network described by its config.json: {err}") from err
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config

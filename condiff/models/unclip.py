@@ -50,7 +50,7 @@ from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..schedules import DiscreteSchedule
 from .cascade import CascadeModel, cascade_base_config, pixel_denoiser
-from .weights import WeightsError, load_weights, read_config
+from .weights import WeightsError, load_state, read_config
 
 __all__ = [
     "EMBED_DIM",
@@ -331,7 +331,7 @@ def _load_component(folder: Path, build: Callable[[dict], nn.Module], device, dt
     config = read_config(folder)
     net = build(config["network"])
     try:
-        net.load_state_dict({k: v.float() for k, v in load_weights(folder).items()}, strict=True)
+        net.load_state_dict(load_state(folder), strict=True)
     except RuntimeError as err:
         raise WeightsError(f"weights in {folder} do not fit the network of its config.json: {err}") from err
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from ..io import atomic_path, sha256_file
 
-__all__ = ["save_weights", "load_weights", "read_config", "sha256_file", "WeightsError", "quantize_int8",
-           "dequantize_int8"]
+__all__ = ["save_weights", "load_weights", "load_state", "read_config", "sha256_file", "WeightsError",
+           "quantize_int8", "dequantize_int8"]
 
 MAX_SHARD_BYTES = 15 * 1024 * 1024
 SCALE_SUFFIX = ".__int8_scale__"
@@ -144,3 +144,10 @@ def load_weights(folder: str | Path, *, verify: bool = True, device: str | torch
         except Exception as err:  # safetensors raises its own error types
             raise WeightsError(f"cannot read {path} as safetensors: {err}") from err
     return dequantize_int8(state)
+
+
+def load_state(folder: str | Path, *, verify: bool = True) -> dict[str, Tensor]:
+    """The fp32 state dict of a component folder, whatever it ships as: fp16/fp32 shards are upcast,
+    int8 shards with per-channel scales dequantized (:func:`dequantize_int8`); checksums verified."""
+    state = dequantize_int8(load_weights(folder, verify=verify))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

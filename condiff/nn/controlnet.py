@@ -102,7 +102,7 @@ class ControlNetConfig:
     def to_diffusers_config(self) -> dict[str, Any]:
         d = self.unet.to_diffusers_config()
         for k in ("sample_size", "out_channels", "up_block_types", "dropout", "time_embedding_dim",
-                  "class_embeddings_concat"):
+                  "class_embeddings_concat", "reverse_transformer_layers_per_block"):
             d.pop(k)
         d.update(
             conditioning_channels=self.conditioning_channels,

@@ -158,16 +158,16 @@ class ControlSchedule(DenoiserWrapper):
 def load_controlnet_folder(folder: str | Path, device: str | torch.device = "cpu",
                            dtype: torch.dtype = torch.float32) -> tuple[ControlNet, dict]:
     """A ControlNet component folder (config.json + checksummed shards, int8 or float) -> (net, config)."""
-    from ..models.weights import WeightsError, dequantize_int8, load_weights, read_config
+    from ..models.weights import WeightsError, load_state, read_config
 
     folder = Path(folder)
     config = read_config(folder)
     if config.get("kind") != "controlnet":
         raise WeightsError(f"{folder} holds a {config.get('kind')!r} component, not a ControlNet")
-    state = dequantize_int8(load_weights(folder))
+    state = load_state(folder)
     net = ControlNet(ControlNetConfig.from_dict(config["network"]))
     try:
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise WeightsError(f"weights in {folder} do not fit the ControlNet of its config.json: {err}") from err
     return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config

@@ -36,7 +36,7 @@ from ...denoisers import Cond
 from ...losses import VPredictionLoss
 from ...models.cascade import (AUG_LABEL_SCALE, CascadeModel, cascade_base_config, cascade_sr_config, downsample,
                                noise_augment, pixel_denoiser, residual_settings, upsample_low_res)
-from ...models.weights import load_weights, read_config
+from ...models.weights import load_state, read_config
 from ...nn.unet import UNet, count_parameters
 from ...schedules import DiscreteSchedule
 from ..loop import TrainConfig, Trainer
@@ -100,7 +100,7 @@ def warm_start(ctx, component: str, net: nn.Module, *, strict: bool = True) -> l
     """Load a previously exported component into ``net`` (no-op when absent); returns the missing keys."""
     if not ctx.has(component):
         return []
-    state = {k: v.float() for k, v in load_weights(ctx.component(component)).items()}
+    state = load_state(ctx.component(component))
     result = net.load_state_dict(state, strict=strict)
     print(f"warm start {type(net).__name__} from {ctx.component(component)}", flush=True)
     return list(result.missing_keys) if not strict else []
@@ -126,7 +126,7 @@ def load_evalenc(ctx, required: bool = False) -> nn.Module | None:
 
     folder = ctx.component("evalenc")
     enc = ImageEncoder(ImageEncoderConfig.from_dict(read_config(folder)["network"]))
-    enc.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+    enc.load_state_dict(load_state(folder))
     return enc.to(ctx.device).eval().requires_grad_(False)
 
 

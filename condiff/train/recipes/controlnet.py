@@ -27,8 +27,8 @@ preprocessor, give the reachable ceiling ("reference").
 
 Shipping: the weights are exported int8 with per-output-channel scales
 (:func:`condiff.models.weights.quantize_int8`, ≈ 5.2 MB for the 5.1 M-parameter ControlNet of
-the 11.5 M-parameter built-in U-Net), and the card's metrics are measured with those shipped
-weights.
+the built-in U-Net, whose contracting path it copies; a deeper decoder does not change it), and the
+card's metrics are measured with those shipped weights.
 """
 
 from __future__ import annotations
@@ -316,12 +316,12 @@ def evaluate_adherence(
 
 
 def _load_base_unet(ctx: "JobContext") -> tuple[UNet, dict]:
-    from ...models.weights import load_weights, read_config
+    from ...models.weights import load_state, read_config
 
     folder = ctx.component("ldm")
     conf = read_config(folder)
     unet = UNet(UNetConfig.from_dict(conf["network"]))
-    unet.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+    unet.load_state_dict(load_state(folder))
     return unet.to(ctx.device).eval().requires_grad_(False), conf
 
 

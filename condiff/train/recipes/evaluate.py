@@ -29,7 +29,7 @@ from torch import Tensor
 from ...metrics.bootstrap import bootstrap_ci
 from ...metrics.distribution import frechet_distance
 from ...models.ldm import LatentDiffusion
-from ...models.weights import load_weights, read_config
+from ...models.weights import load_state, read_config
 from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
 from ...nn.text_encoder import MiniLMTextEncoder
 from ...nn.unet import UNet, UNetConfig
@@ -55,7 +55,7 @@ def _ci(values: Tensor) -> dict:
 def load_evalenc(folder, device) -> ImageEncoder:
     conf = read_config(folder)
     enc = ImageEncoder(ImageEncoderConfig.from_dict(conf["network"]))
-    enc.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+    enc.load_state_dict(load_state(folder))
     return enc.to(device).eval().requires_grad_(False)
 
 
@@ -146,7 +146,7 @@ def stage_evaluate(ctx, n_prompts: int | None = None, n_fid: int = 2000, batch: 
     def unet_of(name: str) -> UNet:
         folder = ctx.component(name)
         u = UNet(UNetConfig.from_dict(read_config(folder)["network"]))
-        u.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+        u.load_state_dict(load_state(folder))
         return u.to(dev).eval().requires_grad_(False)
 
     inp = unet_of("ldm-inpaint") if ctx.has("ldm-inpaint") else None

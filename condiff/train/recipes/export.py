@@ -30,11 +30,15 @@ def export_component(
     network_config: dict[str, Any],
     extra: dict[str, Any] | None = None,
     card: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float16,
 ) -> dict[str, str]:
-    """Write fp16 shards + config.json (+ MODEL_CARD.md when ``card`` is given)."""
+    """Write fp16 (or, with ``dtype=torch.int8``, int8 + per-channel scale) shards + config.json
+    (+ MODEL_CARD.md when ``card`` is given)."""
     state = net if isinstance(net, dict) else net.state_dict()
     config = {"kind": kind, "network": network_config, **(extra or {})}
-    files = save_weights(state, folder, config)
+    if dtype == torch.int8:
+        config["weights"] = "int8, one scale per output channel (condiff.models.weights.quantize_int8)"
+    files = save_weights(state, folder, config, dtype=dtype)
     if card is not None:
         write_model_card(folder, kind, config, files, card)
     return files

@@ -17,7 +17,6 @@ only, so they must come after the data-parallel ones.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,17 +27,19 @@ from pathlib import Path
 import torch
 
 from ...denoisers import NetworkDenoiser, DiscreteTime
-from ...models.weights import load_weights, read_config
+from ...models.weights import load_state, read_config
 from ...nn.autoencoder import AutoencoderKL, AutoencoderConfig
 from ...nn.classifier import NoisyClassifier, classifier_config
 from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
-from ...nn.unet import UNet, UNetConfig, count_parameters
+from ...nn.unet import UNet, count_parameters
 from ...schedules import DiscreteSchedule
 from ..distributed import DistContext, init_distributed, shutdown_distributed
 from ..loop import TrainConfig, Trainer
 from .autoencoder import AutoencoderObjective, default_config, estimate_scaling_factor, psnr_db
 from .classifier import NoisyClassifierObjective
 from .evalenc import EvalEncoderObjective, retrieval_accuracy
+from ..grow import GrowthError, grow_into
+from .balance import WeightedBatches, family_weights
 from .export import export_component, strip_prefix
 from .latent import InpaintObjective, TextToImageObjective, builtin_unet_config, inpaint_bank, inpaint_unet_from
 from .world import WorldTensors, load_world
@@ -53,6 +54,10 @@ BATCH = {"vae": 64, "evalenc": 512, "ldm": 256, "classifier": 256, "inpaint": 25
 LR = {"vae": 4e-4, "evalenc": 1e-3, "ldm": 4e-4, "classifier": 4e-4, "inpaint": 2e-4}
 #: the shipped evalenc's stage widths (``--evalenc-channels``)
 EVALENC_CHANNELS = (48, 96, 192, 384)
+#: transformer blocks per decoder spatial transformer of the ldm / inpainting U-Nets (``--ldm-decoder-depth``)
+LDM_DECODER_DEPTH = 3
+#: stages whose component ships int8 with per-channel scales by default (``--int8``)
+INT8_STAGES = ("ldm",)
 #: stages that train data-parallel under torchrun; the others run on rank 0 only
 PARALLEL_STAGES = ("vae", "evalenc", "ldm", "classifier", "inpaint")
 
@@ -77,6 +82,15 @@ class JobContext:
     evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS
     #: this process's place in a torchrun job (one process by default)
     dist: DistContext = field(default_factory=DistContext)
+    #: decoder transformer depth of the ldm and inpainting U-Nets (a shallower warm start is grown)
+    ldm_decoder_depth: int = LDM_DECODER_DEPTH
+    #: per-stage family-balance exponent α of the sampling weights (:mod:`.balance`; 0 = uniform)
+    balance: dict = field(default_factory=dict)
+    #: stages whose component ships as int8 with per-channel scales (instead of fp16)
+    int8: frozenset = frozenset(INT8_STAGES)
+
+    def export_dtype(self, stage: str) -> torch.dtype:
+        return torch.int8 if stage in self.int8 else torch.float16
 
     @property
     def is_main(self) -> bool:
@@ -205,7 +219,7 @@ def _load_vae(ctx: JobContext) -> tuple[AutoencoderKL, float]:
     folder = ctx.component("vae")
     conf = read_config(folder)
     vae = AutoencoderKL(AutoencoderConfig.from_dict(conf["network"]))
-    vae.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+    vae.load_state_dict(load_state(folder))
     return vae.to(ctx.device).eval().requires_grad_(False), float(conf["scaling_factor"])
 
 
@@ -261,8 +275,26 @@ def _unet_extra(scale_note: str = "") -> dict:
             "text_max_length": 24, "default_guidance": 5.0, "default_steps": 20}
 
 
+def balanced(ctx: JobContext, stage: str, table: dict, train: torch.Tensor):
+    """``table`` as the stage's data: as is (uniform epochs), or drawn family-balanced with ``--balance``."""
+    alpha = ctx.balance.get(stage, 0.0)
+    if not alpha:
+        return table
+    names = [n for n, t in zip(ctx.world.concept_names, train.tolist()) if t]
+    return WeightedBatches(table, family_weights(names, alpha), ctx.train_config(stage).batch_size)
+
+
+def _ship_note(ctx: JobContext, stage: str) -> str:
+    notes = []
+    if ctx.balance.get(stage):
+        notes.append(f"pictures sampled family-balanced, weight n_family^-{ctx.balance[stage]}")
+    if stage in ctx.int8:
+        notes.append("shipped int8 with per-channel scales")
+    return "".join(f" {n[0].upper()}{n[1:]}." for n in notes)
+
+
 def stage_ldm(ctx: JobContext) -> None:
-    cfg = builtin_unet_config()
+    cfg = builtin_unet_config(decoder_depth=ctx.ldm_decoder_depth)
     unet = UNet(cfg)
     _warm_start(ctx, "ldm", unet)
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
@@ -271,14 +303,17 @@ def stage_ldm(ctx: JobContext) -> None:
     tr = (~ctx.world.is_eval).to(ctx.device)
     data = {"mean": lat["mean"][tr], "std": lat["std"][tr], "ctx": text["ctx"][tr.to(text["ctx"].device)]}
     obj = TextToImageObjective(den, schedule, text["empty"], lat["scale"])
-    info = _fit(ctx, "ldm", den, obj, data)
+    info = _fit(ctx, "ldm", den, obj, balanced(ctx, "ldm", data, tr))
     if not ctx.is_main:
         return
+    info["balance_alpha"] = ctx.balance.get("ldm", 0.0)
     ctx.log["ldm"] = info
     _sample_grid(ctx, unet, lat, schedule)
     export_component(unet, ctx.weights / "ldm", kind="unet", network_config=cfg.to_dict(), extra=_unet_extra(),
+                     dtype=ctx.export_dtype("ldm"),
                      card=model_card(ctx, "ldm", info, count_parameters(unet), {}, "Built-in text-to-image latent U-Net",
-                                "ε-prediction on 32×32×4 latents, MiniLM cross-attention, 10 % caption dropout, EMA."))
+                                "ε-prediction on 32×32×4 latents, MiniLM cross-attention, 10 % caption dropout, EMA."
+                                + _ship_note(ctx, "ldm")))
 
 
 @torch.no_grad()
@@ -343,10 +378,10 @@ def _classifier_accuracy(clf, z0, labels, schedule) -> dict:
 def stage_inpaint(ctx: JobContext) -> None:
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
     if ctx.has("inpaint") or ctx.has("ldm-inpaint"):
-        unet = UNet(builtin_unet_config(in_channels=9))
+        unet = UNet(builtin_unet_config(in_channels=9, decoder_depth=ctx.ldm_decoder_depth))
         _warm_start(ctx, "ldm-inpaint", unet)
     else:
-        base = UNet(builtin_unet_config())
+        base = UNet(builtin_unet_config(decoder_depth=ctx.ldm_decoder_depth))
         _warm_start(ctx, "ldm", base, required=True)
         unet = inpaint_unet_from(base)
     den = _ldm_denoiser(unet, schedule)
@@ -358,15 +393,18 @@ def stage_inpaint(ctx: JobContext) -> None:
     trd = tr.to(ctx.device)
     data = {"mean": lat["mean"][trd], "std": lat["std"][trd], "ctx": text["ctx"][tr.to(text["ctx"].device)],
             "masks": masks, "zm": zm}
-    info = _fit(ctx, "inpaint", den, InpaintObjective(den, schedule, text["empty"], lat["scale"]), data)
+    info = _fit(ctx, "inpaint", den, InpaintObjective(den, schedule, text["empty"], lat["scale"]),
+                balanced(ctx, "inpaint", data, tr))
     if not ctx.is_main:
         return
+    info["balance_alpha"] = ctx.balance.get("inpaint", 0.0)
     ctx.log["inpaint"] = info
     export_component(unet, ctx.weights / "ldm-inpaint", kind="inpaint-unet", network_config=unet.config.to_dict(),
-                     extra=_unet_extra(),
+                     extra=_unet_extra(), dtype=ctx.export_dtype("inpaint"),
                      card=model_card(ctx, "inpaint", info, count_parameters(unet), {}, "Built-in inpainting latent U-Net",
                                 "9 input channels (latent + mask + masked-image latent), fine-tuned from `ldm` "
-                                "with zero-initialised extra channels; 25 % fully masked, 20 % subject-masked samples."))
+                                "with zero-initialised extra channels; 25 % fully masked, 20 % subject-masked samples."
+                                + _ship_note(ctx, "inpaint")))
 
 
 def _warm_start(ctx: JobContext, name: str, net: torch.nn.Module, required: bool = False) -> None:
@@ -376,8 +414,17 @@ def _warm_start(ctx: JobContext, name: str, net: torch.nn.Module, required: bool
         if required:
             raise FileNotFoundError(f"stage needs component {name!r}; train it first or pass --init")
         return
-    state = strict_prefix({k: v.float() for k, v in load_weights(ctx.component(name)).items()})
+    state = strict_prefix(load_state(ctx.component(name)))
     own = net.state_dict()
+    if set(state) < set(own):
+        try:
+            new = grow_into(net, state)
+        except GrowthError as err:
+            print(f"{name} cannot be grown into this stage's network ({err})", flush=True)
+        else:
+            print(f"warm start {name} from {ctx.component(name)}, grown by {len(new)} tensors of added decoder "
+                  "transformer blocks (zero-output copies: the grown network computes the same function)", flush=True)
+            return
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         if required:
             raise ValueError(f"component {name!r} in {ctx.component(name)} does not fit this stage's network")
@@ -442,7 +489,8 @@ def ship_component(folder: Path, dest: Path, limit: int = 15 * 1024 * 1024) -> l
 def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minutes: dict[str, float] | None = None,
             init: str | Path | None = None, small: bool = False, device: str | None = None,
             ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200,
-            evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS) -> dict:
+            evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS, ldm_decoder_depth: int = LDM_DECODER_DEPTH,
+            balance: dict[str, float] | None = None, int8: tuple[str, ...] = INT8_STAGES) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
@@ -462,6 +510,9 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     ctx.eval_prompts = int(eval_prompts)
     ctx.evalenc_channels = tuple(evalenc_channels)
+    ctx.ldm_decoder_depth = int(ldm_decoder_depth)
+    ctx.balance = dict(balance or {})
+    ctx.int8 = frozenset(int8)
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:
@@ -497,70 +548,10 @@ def check_parallel_order(stages: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--minutes", default="", help="per-stage time boxes, e.g. vae=2,ldm=4")
-    p.add_argument("--init", default=None, help="folder of previously exported components to warm-start from")
-    p.add_argument("--small", action="store_true")
-    p.add_argument("--device", default=None)
-    p.add_argument("--ship", default=None, help="also pack each finished component into tar files here")
-    p.add_argument("--steps", default="", help="per-stage step counts (the cosine LR decays over them), e.g. ldm=5000")
-    p.add_argument("--lr", default="", help="per-stage peak learning rates, e.g. ldm=3e-4,controlnet-normal=2e-4")
-    p.add_argument("--batch", default="",
-                   help="per-stage global batch sizes (split over torchrun processes), e.g. ldm=1024")
-    p.add_argument("--min-lr-ratio", default="",
-                   help="per-stage cosine floor as a fraction of the peak, e.g. ldm=0.05 (an annealing run)")
-    p.add_argument("--eval-prompts", type=int, default=200,
-                   help="held-out caption prompts of the evaluate stage (adherence and inpainting)")
-    p.add_argument("--evalenc-channels", default=",".join(map(str, EVALENC_CHANNELS)),
-                   help="widths of the evalenc image tower's stages, e.g. 48,96,192,384")
-    a = p.parse_args(argv)
-    if a.eval_prompts < 1:
-        raise SystemExit("--eval-prompts must be at least 1")
-    try:
-        channels = tuple(int(c) for c in a.evalenc_channels.split(","))
-    except ValueError:
-        raise SystemExit(f"--evalenc-channels: expected comma-separated integers, got {a.evalenc_channels!r}") from None
-    if not channels or any(c <= 0 or c % 16 for c in channels):
-        raise SystemExit(f"--evalenc-channels: every width must be a positive multiple of 16 (GroupNorm groups), "
-                         f"got {a.evalenc_channels!r}")
-    stages = [s for s in a.stages.split(",") if s]
-    run_job(a.world, a.out, stages, minutes=_per_stage(a.minutes, "--minutes", float), init=a.init, small=a.small,
-            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio, a.batch),
-            eval_prompts=a.eval_prompts, evalenc_channels=channels)
+    """The command line (:mod:`.job_cli`): parse the options and run :func:`run_job`."""
+    from .job_cli import main as cli_main
 
-
-def _per_stage(text: str, flag: str, cast) -> dict:
-    """``"ldm=4,vae=2"`` -> ``{"ldm": cast("4"), "vae": cast("2")}`` with a clear error for a malformed item."""
-    out = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"{flag}: expected STAGE=VALUE items separated by commas, got {item!r}")
-        try:
-            out[name.strip()] = cast(value)
-        except ValueError:
-            raise SystemExit(f"{flag}: {value!r} is not a valid value for stage {name!r}") from None
-    return out
-
-
-def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "", batch: str = "") -> dict[str, dict]:
-    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio/--batch`` options."""
-    out: dict[str, dict] = {}
-    for flag, key, text, cast in (("--steps", "steps", steps, int), ("--lr", "lr", lr, float),
-                                  ("--min-lr-ratio", "min_lr_ratio", min_lr_ratio, float),
-                                  ("--batch", "batch_size", batch, int)):
-        for stage, value in _per_stage(text, flag, cast).items():
-            if stage not in RUNNERS:
-                raise SystemExit(f"{flag}: unknown stage {stage!r}; choose from {list(RUNNERS)}")
-            if key in ("steps", "batch_size") and value < 1:
-                raise SystemExit(f"{flag}: {stage}={value} must be at least 1")
-            out.setdefault(stage, {})[key] = value
-    return out
+    cli_main(argv)
 
 
 if __name__ == "__main__":

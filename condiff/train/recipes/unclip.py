@@ -39,7 +39,7 @@ from ...losses import TableSigmas, VPredictionLoss, WeightedDenoisingLoss
 from ...models.cascade import downsample, pixel_denoiser
 from ...models.unclip import (EMBED_SCALE, EVALENC, IMAGE_ENCODER_KEY, UNCLIP_COMPONENTS, UNCLIP_EMBEDDER,
                               DecoderConfig, PriorConfig, UnCLIPDecoder, UnCLIPModel, UnCLIPPrior)
-from ...models.weights import load_weights, read_config
+from ...models.weights import load_state, read_config
 from ...nn.unet import count_parameters
 from ...schedules import DiscreteSchedule
 from .cascade import (SCHEDULE, _card, _pick_context, _to_model_range, evalenc_embeddings, fit_stage, text_encoder,
@@ -66,7 +66,7 @@ def load_unclip_encoder(ctx) -> nn.Module:
 
         folder = ctx.component(name)
         enc = ImageEncoder(ImageEncoderConfig.from_dict(read_config(folder)["network"]))
-        enc.load_state_dict({k: v.float() for k, v in load_weights(folder).items()})
+        enc.load_state_dict(load_state(folder))
         print(f"unCLIP image encoder: {name} ({folder})", flush=True)
         ctx.cache[("unclip_encoder", name)] = enc.to(ctx.device).eval().requires_grad_(False)
     return ctx.cache[("unclip_encoder", name)]
