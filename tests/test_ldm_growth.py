@@ -1,6 +1,7 @@
 """Growing the text-to-image U-Net's decoder, family-balanced sampling and int8 shipping of the ldm."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -25,23 +26,27 @@ def _inputs(seed=0):
     return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10.0, 700.0]), torch.randn(2, 5, 16, generator=g)
 
 
-def test_grown_decoder_computes_the_same_function_and_its_new_blocks_learn():
+@pytest.mark.parametrize("variant", [{}, {"use_linear_projection": False}, {"cross_attention_dim": None}],
+                         ids=["linear-cross", "conv-projection", "self-attention-only"])
+def test_grown_decoder_computes_the_same_function_and_its_new_blocks_learn(variant):
     torch.manual_seed(0)
-    small = UNet(UNetConfig(**TINY)).eval()
+    cfg = {**TINY, **variant}
+    small = UNet(UNetConfig(**cfg)).eval()
     for p in small.parameters():  # no zero-initialised layer may hide a difference
         p.data.add_(0.05 * torch.randn_like(p))
-    deep = UNet(UNetConfig(**TINY, reverse_transformer_layers_per_block=(3, (2, 1)))).eval()
+    deep = UNet(UNetConfig(**cfg, reverse_transformer_layers_per_block=(3, (2, 1)))).eval()
     new = grow_into(deep, small.state_dict())
     assert new and all(".transformer_blocks." in k and k.startswith("up_blocks.") for k in new)
     assert len(deep.up_blocks[0].attentions[0].transformer_blocks) == 3
     x, t, ctx = _inputs()
+    cond = Cond(context=ctx if cfg["cross_attention_dim"] else None)
     with torch.no_grad():
-        want = small(x, t, Cond(context=ctx))
-        got = deep(x, t, Cond(context=ctx))
+        want = small(x, t, cond)
+        got = deep(x, t, cond)
     assert want.abs().mean() > 0.1
     assert (want - got).abs().max() <= 1e-5
     deep.train()
-    deep(x, t, Cond(context=ctx)).square().mean().backward()
+    deep(x, t, cond).square().mean().backward()
     out = deep.up_blocks[0].attentions[0].transformer_blocks[2].ff.net[2].weight
     assert out.abs().max() == 0 and out.grad.abs().max() > 0  # zero output, non-zero gradient: it learns
 
@@ -52,8 +57,22 @@ def test_growth_refuses_what_is_not_a_sub_network():
     with pytest.raises(GrowthError, match="not a sub-network"):
         grow_into(deep, wider.state_dict())
     shallow = UNet(UNetConfig(**TINY)).state_dict()
-    with pytest.raises(GrowthError, match="not part of an added transformer block"):
+    with pytest.raises(GrowthError, match="expansive path"):
         grow_into(deep, {k: v for k, v in shallow.items() if k != "conv_out.bias"})
+    deeper_encoder = UNet(UNetConfig(**TINY, transformer_layers_per_block=2))
+    with pytest.raises(GrowthError, match="ControlNet copies the contracting path"):
+        grow_into(deeper_encoder, shallow)
+
+
+def test_decoder_depth_configs_give_clear_errors():
+    with pytest.raises(ValueError, match="one entry per up block"):
+        UNetConfig(**TINY, reverse_transformer_layers_per_block=3)
+    with pytest.raises(ValueError, match=r"reverse_transformer_layers_per_block\[1\]"):
+        UNetConfig(**TINY, reverse_transformer_layers_per_block=(2, (1, 0)))
+    with pytest.raises(ValueError, match="one int per layer|layers_per_block \\+ 1"):
+        UNetConfig(**TINY, reverse_transformer_layers_per_block=(2, (1, 1, 1)))
+    with pytest.raises(ValueError, match="go in reverse_transformer_layers_per_block"):
+        UNetConfig(**TINY, transformer_layers_per_block=((1, 2), 1))
 
 
 def test_builtin_config_deepens_only_the_decoder_attention_levels():
@@ -69,6 +88,10 @@ def test_builtin_config_deepens_only_the_decoder_attention_levels():
 def test_family_weights_pool_skin_tones_and_interpolate_from_uniform_to_equal_shares():
     assert concept_family("waving-hand-medium-dark-skin-tone") == "waving-hand"
     assert concept_family("couple-with-heart-man-man-light-skin-tone") == "couple-with-heart-man-man"
+    known = {"artist", "traffic-light"}
+    assert concept_family("artist-medium-dark", known) == "artist"  # the short form of some icon sets
+    assert concept_family("traffic-light", known) == "traffic-light"  # not a tone: "traffic" is no concept
+    assert family_weights(["artist", "artist-dark", "artist-light"], 1.0).tolist() == pytest.approx([1 / 3] * 3)
     names = ["waving-hand", "waving-hand-light-skin-tone", "waving-hand-dark-skin-tone", "door"]
     assert torch.allclose(family_weights(names, 0.0), torch.full((4,), 0.25, dtype=torch.float64))
     w = family_weights(names, 1.0)  # two families, equal shares
@@ -78,7 +101,7 @@ def test_family_weights_pool_skin_tones_and_interpolate_from_uniform_to_equal_sh
         family_weights(names, 1.5)
 
 
-def test_weighted_batches_follow_the_weights_and_the_step_seed():
+def test_weighted_batches_follow_the_weights_and_the_generator():
     table = {"x": torch.arange(4), "y": torch.arange(4) * 10}
     draw = WeightedBatches(table, torch.tensor([0.7, 0.1, 0.1, 0.1]), batch_size=4000)
     a = draw(3, torch.Generator().manual_seed(11))
@@ -110,6 +133,10 @@ def test_job_grows_a_shallow_ldm_trains_it_balanced_and_ships_it_int8(world_dir,
     net = UNet(UNetConfig.from_dict(conf["network"]))
     net.load_state_dict(load_state(folder))  # int8 shards dequantize into the deeper network
     assert len(net.up_blocks[0].attentions[0].transformer_blocks) == 2
+    shutil.copytree(shallow / "vae", tmp_path / "b" / "weights" / "vae")
+    run_job(world_dir, tmp_path / "c", ["ldm"], small=True, device="cpu", init=tmp_path / "b" / "weights")
+    assert "grown by" not in capsys.readouterr().out  # no depth given: the --init component's (2) is kept
+    assert read_config(tmp_path / "c" / "weights" / "ldm")["network"] == conf["network"]
     stored = {p.name: p.stat().st_size for p in folder.glob("*.safetensors")}
     fp16 = sum(v.numel() * 2 for v in net.state_dict().values())
     assert sum(stored.values()) < 0.6 * fp16
@@ -124,3 +151,10 @@ def test_job_grows_a_shallow_ldm_trains_it_balanced_and_ships_it_int8(world_dir,
 def test_bad_growth_balance_and_int8_options_are_refused(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         job_main(["--world", str(tmp_path), "--out", str(tmp_path / "o"), *args])
+
+
+def test_run_job_checks_its_options_before_any_stage(tmp_path):
+    with pytest.raises(ValueError, match="list of stage names"):
+        run_job(tmp_path, tmp_path / "o", ["ldm"], int8="ldm")
+    with pytest.raises(ValueError, match="use ldm or inpaint"):
+        run_job(tmp_path, tmp_path / "o", ["ldm"], balance={"vae": 0.5})

@@ -29,13 +29,17 @@ def quantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Symmetric per-output-channel int8: w ≈ q · s with q ∈ [−127, 127], s = max|w_row| / 127.
 
     Matrices and convolution kernels (ndim ≥ 2) are quantized, their fp16 scales stored under
-    ``key + SCALE_SUFFIX``; vectors (biases, norms) stay fp16. Relative error ≤ 1/254 per row.
+    ``key + SCALE_SUFFIX`` and used for quantizing too, so dequantization inverts it up to the rounding
+    (≤ s/2 per weight, ≤ 1/254 of the row's largest magnitude up to fp16's rounding of s); vectors
+    (biases, norms) stay fp16.
     """
     out: dict[str, Tensor] = {}
     for k, v in state.items():
         if v.is_floating_point() and v.ndim >= 2:
             w = v.detach().float()
-            scale = w.flatten(1).abs().amax(1).clamp(min=1e-12) / 127
+            # the scale is stored in fp16: quantize against the stored value (exact inverse), and keep it
+            # clear of fp16's underflow
+            scale = (w.flatten(1).abs().amax(1) / 127).clamp(min=2.0 ** -24).half().float()
             q = torch.round(w / scale.view(-1, *([1] * (w.ndim - 1)))).clamp(-127, 127).to(torch.int8)
             out[k] = q
             out[k + SCALE_SUFFIX] = scale.half()
@@ -149,5 +153,5 @@ def load_weights(folder: str | Path, *, verify: bool = True, device: str | torch
 def load_state(folder: str | Path, *, verify: bool = True) -> dict[str, Tensor]:
     """The fp32 state dict of a component folder, whatever it ships as: fp16/fp32 shards are upcast,
     int8 shards with per-channel scales dequantized (:func:`dequantize_int8`); checksums verified."""
-    state = dequantize_int8(load_weights(folder, verify=verify))
+    state = load_weights(folder, verify=verify)  # already dequantized
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -150,6 +150,8 @@ class UpBlock(_Checkpointable):
         super().__init__()
         if attention is not None:
             depths = tuple(depths) if depths is not None else (attention.get("depth", 1),) * num_layers
+            if len(depths) != num_layers:
+                raise ValueError(f"depths lists {len(depths)} transformer depths for {num_layers} layers")
             self.attentions = nn.ModuleList(SpatialTransformer(out_channels, **{**attention, "depth": d})
                                             for d in depths)
         else:

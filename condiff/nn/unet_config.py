@@ -150,14 +150,17 @@ class UNetConfig:
         for i, (ch, h, att) in enumerate(zip(self.block_out_channels, self.heads, self.attention_levels)):
             if (att or (self.mid_block and i == n - 1)) and ch % h:
                 raise ValueError(f"{ch} channels cannot be split into {h} attention heads; change num_attention_heads")
-        self.transformer_depths  # noqa: B018  (validates the length)
+        if any(not isinstance(d, int) or d < 1 for d in self.transformer_depths):
+            raise ValueError(f"transformer_layers_per_block must be a positive int or one per level, got "
+                             f"{self.transformer_layers_per_block!r} (per-layer depths of the expansive path go in "
+                             "reverse_transformer_layers_per_block)")
         rev = self.reverse_transformer_layers_per_block
-        if rev is not None and len(rev) != n:
-            raise ValueError(f"reverse_transformer_layers_per_block has {len(rev)} entries (one per up block); "
-                             f"block_out_channels has {n}")
+        if rev is not None and (not isinstance(rev, tuple) or len(rev) != n):
+            raise ValueError(f"reverse_transformer_layers_per_block must list one entry per up block ({n}, deepest "
+                             f"first), each an int or one int per layer; got {rev!r}")
         for b in range(n):
-            if any(d < 1 for d in self.up_transformer_depths(b)):
-                raise ValueError("transformer depths must be >= 1")
+            if any(not isinstance(d, int) or d < 1 for d in self.up_transformer_depths(b)):
+                raise ValueError(f"reverse_transformer_layers_per_block[{b}] = {rev[b]!r}: depths must be positive ints")
         if self.layers_per_block < 1:
             raise ValueError("layers_per_block must be >= 1")
         if self.resnet_time_scale_shift not in ("default", "scale_shift"):

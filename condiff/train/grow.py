@@ -22,7 +22,7 @@ __all__ = ["grow_into", "GrowthError", "IDENTITY_OUTPUTS"]
 #: Output projections of a transformer block; zero in all three makes the block the identity.
 IDENTITY_OUTPUTS = ("attn1.to_out.0.", "attn2.to_out.0.", "ff.net.2.")
 
-_BLOCK = re.compile(r"^(?P<owner>.*\.transformer_blocks\.)(?P<index>\d+)\.(?P<rest>.+)$")
+_BLOCK = re.compile(r"^(?P<owner>(?:.*\.)?transformer_blocks\.)(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 class GrowthError(ValueError):
@@ -46,9 +46,10 @@ def grow_into(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
     merged = dict(state)
     for key in sorted(new, key=_block_index):
         m = _BLOCK.match(key)
-        if m is None or int(m["index"]) == 0:
-            raise GrowthError(f"{key} is new but is not part of an added transformer block; only decoder "
-                              "transformer depth can grow")
+        if m is None or int(m["index"]) == 0 or not key.startswith("up_blocks."):
+            raise GrowthError(f"{key} is new but is not part of a transformer block added to the expansive path "
+                              "(up_blocks); only the decoder's transformer depth can grow, since a ControlNet "
+                              "copies the contracting path")
         source = f"{m['owner']}{int(m['index']) - 1}.{m['rest']}"
         if source not in merged:
             raise GrowthError(f"{key} has no block before it to copy ({source})")

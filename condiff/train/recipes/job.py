@@ -7,7 +7,8 @@ Each stage is time-boxed (``--minutes``) and step-capped, checkpoints through th
 :class:`~condiff.train.loop.Trainer`, and exports its (EMA) weights as a shipped component under
 ``OUT_DIR/weights/<component>/`` with a model card. ``--init`` warm-starts from previously exported
 components (how a run continues on a fresh GPU machine: the optimiser state is too large to bring
-back, the fp16 weights are not). ``--small`` shrinks everything for a CPU smoke test.
+back, the shipped fp16 or int8 weights are; int8 ones continue from their dequantized values).
+``--small`` shrinks everything for a CPU smoke test.
 
 Started by ``torchrun --nproc-per-node N``, the stages of :data:`PARALLEL_STAGES` train data-parallel
 (the global batch, ``--batch``, is split over the N processes; :mod:`condiff.train.distributed`) and
@@ -31,7 +32,7 @@ from ...models.weights import load_state, read_config
 from ...nn.autoencoder import AutoencoderKL, AutoencoderConfig
 from ...nn.classifier import NoisyClassifier, classifier_config
 from ...nn.image_encoder import ImageEncoder, ImageEncoderConfig
-from ...nn.unet import UNet, count_parameters
+from ...nn.unet import UNet, UNetConfig, count_parameters
 from ...schedules import DiscreteSchedule
 from ..distributed import DistContext, init_distributed, shutdown_distributed
 from ..loop import TrainConfig, Trainer
@@ -82,12 +83,22 @@ class JobContext:
     evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS
     #: this process's place in a torchrun job (one process by default)
     dist: DistContext = field(default_factory=DistContext)
-    #: decoder transformer depth of the ldm and inpainting U-Nets (a shallower warm start is grown)
-    ldm_decoder_depth: int = LDM_DECODER_DEPTH
+    #: decoder transformer depth of the ldm and inpainting U-Nets (None: the warm start's, else
+    #: LDM_DECODER_DEPTH; a shallower warm start is grown)
+    ldm_decoder_depth: int | None = None
     #: per-stage family-balance exponent α of the sampling weights (:mod:`.balance`; 0 = uniform)
     balance: dict = field(default_factory=dict)
     #: stages whose component ships as int8 with per-channel scales (instead of fp16)
     int8: frozenset = frozenset(INT8_STAGES)
+
+    def decoder_depth(self, component: str) -> int:
+        """``ldm_decoder_depth`` if given, else that of ``component`` where there is one, else the default."""
+        if self.ldm_decoder_depth is not None:
+            return self.ldm_decoder_depth
+        if self.has(component):
+            cfg = UNetConfig.from_dict(read_config(self.component(component))["network"])
+            return max(max(cfg.up_transformer_depths(b)) for b in range(cfg.num_levels))
+        return LDM_DECODER_DEPTH
 
     def export_dtype(self, stage: str) -> torch.dtype:
         return torch.int8 if stage in self.int8 else torch.float16
@@ -281,7 +292,8 @@ def balanced(ctx: JobContext, stage: str, table: dict, train: torch.Tensor):
     if not alpha:
         return table
     names = [n for n, t in zip(ctx.world.concept_names, train.tolist()) if t]
-    return WeightedBatches(table, family_weights(names, alpha), ctx.train_config(stage).batch_size)
+    weights = family_weights(names, alpha, known=ctx.world.concepts)
+    return WeightedBatches(table, weights, ctx.train_config(stage).batch_size)
 
 
 def _ship_note(ctx: JobContext, stage: str) -> str:
@@ -294,7 +306,7 @@ def _ship_note(ctx: JobContext, stage: str) -> str:
 
 
 def stage_ldm(ctx: JobContext) -> None:
-    cfg = builtin_unet_config(decoder_depth=ctx.ldm_decoder_depth)
+    cfg = builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm"))
     unet = UNet(cfg)
     _warm_start(ctx, "ldm", unet)
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
@@ -378,10 +390,10 @@ def _classifier_accuracy(clf, z0, labels, schedule) -> dict:
 def stage_inpaint(ctx: JobContext) -> None:
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
     if ctx.has("inpaint") or ctx.has("ldm-inpaint"):
-        unet = UNet(builtin_unet_config(in_channels=9, decoder_depth=ctx.ldm_decoder_depth))
+        unet = UNet(builtin_unet_config(in_channels=9, decoder_depth=ctx.decoder_depth("ldm-inpaint")))
         _warm_start(ctx, "ldm-inpaint", unet)
     else:
-        base = UNet(builtin_unet_config(decoder_depth=ctx.ldm_decoder_depth))
+        base = UNet(builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm")))
         _warm_start(ctx, "ldm", base, required=True)
         unet = inpaint_unet_from(base)
     den = _ldm_denoiser(unet, schedule)
@@ -489,11 +501,12 @@ def ship_component(folder: Path, dest: Path, limit: int = 15 * 1024 * 1024) -> l
 def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minutes: dict[str, float] | None = None,
             init: str | Path | None = None, small: bool = False, device: str | None = None,
             ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200,
-            evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS, ldm_decoder_depth: int = LDM_DECODER_DEPTH,
+            evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS, ldm_decoder_depth: int | None = None,
             balance: dict[str, float] | None = None, int8: tuple[str, ...] = INT8_STAGES) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
+    check_job_options(dict(balance or {}), tuple(int8) if not isinstance(int8, str) else int8, ldm_decoder_depth)
     dist = init_distributed(device)
     if dist.is_distributed:
         check_parallel_order(stages)
@@ -510,7 +523,7 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx.overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     ctx.eval_prompts = int(eval_prompts)
     ctx.evalenc_channels = tuple(evalenc_channels)
-    ctx.ldm_decoder_depth = int(ldm_decoder_depth)
+    ctx.ldm_decoder_depth = ldm_decoder_depth
     ctx.balance = dict(balance or {})
     ctx.int8 = frozenset(int8)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -536,6 +549,21 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
         (ctx.out / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
     shutdown_distributed(dist)
     return ctx.log
+
+
+def check_job_options(balance: dict, int8, ldm_decoder_depth: int | None) -> None:
+    """ValueError naming the option for a bad ``--balance``, ``--int8`` or ``--ldm-decoder-depth``."""
+    if isinstance(int8, str) or not all(isinstance(s, str) for s in int8):
+        raise ValueError(f"--int8: expected a list of stage names, got {int8!r}")
+    for flag, names in (("--balance", balance), ("--int8", int8)):
+        bad = [s for s in names if s not in ("ldm", "inpaint")]
+        if bad:
+            raise ValueError(f"{flag}: stage(s) {bad} do not support it; use ldm or inpaint")
+    bad = {k: v for k, v in balance.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"--balance: exponents must lie in [0, 1] (0 = uniform), got {bad}")
+    if ldm_decoder_depth is not None and (not isinstance(ldm_decoder_depth, int) or ldm_decoder_depth < 1):
+        raise ValueError(f"--ldm-decoder-depth must be an integer of at least 1, got {ldm_decoder_depth!r}")
 
 
 def check_parallel_order(stages: list[str]) -> None:

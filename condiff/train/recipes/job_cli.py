@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .job import EVALENC_CHANNELS, INT8_STAGES, LDM_DECODER_DEPTH, RUNNERS, STAGES, run_job
+from .job import EVALENC_CHANNELS, INT8_STAGES, LDM_DECODER_DEPTH, RUNNERS, STAGES, check_job_options, run_job
 from .job import __doc__ as JOB_DOC
 
 __all__ = ["main", "parse_overrides"]
@@ -35,24 +35,20 @@ def main(argv: list[str] | None = None) -> None:
                    help="held-out caption prompts of the evaluate stage (adherence and inpainting)")
     p.add_argument("--evalenc-channels", default=",".join(map(str, EVALENC_CHANNELS)),
                    help="widths of the evalenc image tower's stages, e.g. 48,96,192,384")
-    p.add_argument("--ldm-decoder-depth", type=int, default=LDM_DECODER_DEPTH,
-                   help="transformer blocks per decoder attention layer of ldm/inpaint (a shallower --init is grown)")
+    p.add_argument("--ldm-decoder-depth", type=int, default=None,
+                   help="transformer blocks per decoder attention layer of ldm/inpaint (default: the --init "
+                        f"component's, else {LDM_DECODER_DEPTH}; a shallower --init is grown)")
     p.add_argument("--balance", default="",
                    help="per-stage family-balance exponent in [0, 1] of the picture sampling, e.g. ldm=0.5")
     p.add_argument("--int8", default=",".join(INT8_STAGES),
                    help="stages whose component ships int8 with per-channel scales (default: ldm; '' for fp16)")
     a = p.parse_args(argv)
-    if a.ldm_decoder_depth < 1:
-        raise SystemExit("--ldm-decoder-depth must be at least 1")
     balance = _per_stage(a.balance, "--balance", float)
     int8 = tuple(s for s in a.int8.split(",") if s)
-    for flag, names in (("--balance", balance), ("--int8", int8)):
-        bad = [s for s in names if s not in ("ldm", "inpaint")]
-        if bad:
-            raise SystemExit(f"{flag}: stage(s) {bad} do not support it; use ldm or inpaint")
-    bad = {k: v for k, v in balance.items() if not 0.0 <= v <= 1.0}
-    if bad:
-        raise SystemExit(f"--balance: exponents must lie in [0, 1] (0 = uniform), got {bad}")
+    try:
+        check_job_options(balance, int8, a.ldm_decoder_depth)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if a.eval_prompts < 1:
         raise SystemExit("--eval-prompts must be at least 1")
     try:
