@@ -506,7 +506,7 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
-    check_job_options(dict(balance or {}), tuple(int8) if not isinstance(int8, str) else int8, ldm_decoder_depth)
+    check_job_options(balance or {}, int8, ldm_decoder_depth)
     dist = init_distributed(device)
     if dist.is_distributed:
         check_parallel_order(stages)
