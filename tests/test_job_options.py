@@ -46,10 +46,17 @@ def test_batch_override_sets_the_global_batch(world, tmp_path):
     assert JobContext(world, tmp_path, torch.device("cpu"), overrides=over).train_config("ldm").batch_size == 1024
 
 
+def test_seed_override_reaches_the_train_config_of_its_stage_only(world, tmp_path):
+    over = parse_overrides("", "", "", "", "ldm=3")
+    assert over == {"ldm": {"seed": 3}}
+    ctx = JobContext(world, tmp_path, torch.device("cpu"), overrides=over)
+    assert (ctx.train_config("ldm").seed, ctx.train_config("inpaint").seed) == (3, 0)
+
+
 @pytest.mark.parametrize("args, message", [
     (("ldm",), "STAGE=VALUE"), (("ldm=many",), "not a valid value"), (("unet=10",), "unknown stage"),
     (("", "ldm=fast"), "not a valid value"), (("", "", "", "ldm=0"), "at least 1"),
-    (("ldm=-5",), "at least 1"),
+    (("ldm=-5",), "at least 1"), (("", "", "", "", "ldm=-1"), "must not be negative"),
 ])
 def test_malformed_overrides_name_the_option_and_the_problem(args, message):
     with pytest.raises(SystemExit, match=message):

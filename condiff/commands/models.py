@@ -1,11 +1,12 @@
 """`condiff models list`: the built-in components; `condiff models inspect PATH`: what a Stable Diffusion
-checkpoint or ControlNet holds (no maths here)."""
+checkpoint or ControlNet holds; `condiff models merge A B … --out DIR`: a weighted average of component
+folders (no maths here)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -49,3 +50,29 @@ def register(app: typer.Typer) -> None:
         set_offline_env()
         report = inspect_model(path, prediction=prediction)
         typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+
+    @models.command("merge")
+    def merge_cmd(
+        sources: List[Path] = typer.Argument(..., help="Two or more component folders of one architecture "
+                                                        "(e.g. condiff/weights/ldm and a fine-tuned copy)."),
+        out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged component."),
+        weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per source "
+                                              "(normalised to sum 1); default: equal."),
+        dtype: str = typer.Option("same", "--dtype", help="same (int8 if the first source is), fp16, fp32 or int8."),
+        force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    ) -> None:
+        """Average the weights of components fine-tuned from one starting point ("model soup"); measure the
+        result before using it (python tools/adherence_breakdown.py with CONDIFF_WEIGHTS)."""
+        from condiff.models.merge import MergeError, merge_components
+
+        try:
+            w = [float(x) for x in weights.split(",")] if weights else None
+        except ValueError:
+            raise typer.BadParameter(f"--weights must be comma-separated numbers, got {weights!r}") from None
+        try:
+            config = merge_components(sources, out, w, dtype=dtype, overwrite=force)
+        except MergeError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        parts = ", ".join(f"{m['weight']:.3g} × {m['source']}" for m in config["merged_from"])
+        typer.echo(f"wrote {out} ({config.get('kind', '?')}): {parts}")

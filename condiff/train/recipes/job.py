@@ -42,6 +42,7 @@ from .evalenc import EvalEncoderObjective, retrieval_accuracy
 from ..grow import GrowthError, grow_into
 from .balance import WeightedBatches, family_weights
 from .export import export_component, strip_prefix
+from .ldm_augment import add_augment_data, check_ldm_augment
 from .latent import InpaintObjective, TextToImageObjective, builtin_unet_config, inpaint_bank, inpaint_unet_from
 from .world import WorldTensors, load_world
 
@@ -90,6 +91,8 @@ class JobContext:
     balance: dict = field(default_factory=dict)
     #: stages whose component ships as int8 with per-channel scales (instead of fp16)
     int8: frozenset = frozenset(INT8_STAGES)
+    #: augmentation of the ldm stage (:mod:`.ldm_augment`): {"flip": True, "plain": p}
+    ldm_augment: dict = field(default_factory=dict)
 
     def decoder_depth(self, component: str) -> int:
         """``ldm_decoder_depth`` if given, else that of ``component`` where there is one, else the default."""
@@ -302,6 +305,8 @@ def _ship_note(ctx: JobContext, stage: str) -> str:
         notes.append(f"pictures sampled family-balanced, weight n_family^-{ctx.balance[stage]}")
     if stage in ctx.int8:
         notes.append("shipped int8 with per-channel scales")
+    if stage == "ldm" and ctx.ldm_augment:
+        notes.append(f"augmented: {ctx.ldm_augment} (condiff.train.recipes.ldm_augment)")
     return "".join(f" {n[0].upper()}{n[1:]}." for n in notes)
 
 
@@ -314,11 +319,15 @@ def stage_ldm(ctx: JobContext) -> None:
     lat, text = latent_bank(ctx), text_banks(ctx)
     tr = (~ctx.world.is_eval).to(ctx.device)
     data = {"mean": lat["mean"][tr], "std": lat["std"][tr], "ctx": text["ctx"][tr.to(text["ctx"].device)]}
-    obj = TextToImageObjective(den, schedule, text["empty"], lat["scale"])
+    aug = ctx.ldm_augment
+    plain = add_augment_data(data, aug, ctx.world, tr.cpu(), lat["vae"], ctx.device)
+    obj = TextToImageObjective(den, schedule, text["empty"], lat["scale"], flip=bool(aug.get("flip")),
+                               plain_bank=plain, p_plain=float(aug.get("plain", 0.0)))
     info = _fit(ctx, "ldm", den, obj, balanced(ctx, "ldm", data, tr))
     if not ctx.is_main:
         return
     info["balance_alpha"] = ctx.balance.get("ldm", 0.0)
+    info["augment"] = dict(aug)
     ctx.log["ldm"] = info
     _sample_grid(ctx, unet, lat, schedule)
     export_component(unet, ctx.weights / "ldm", kind="unet", network_config=cfg.to_dict(), extra=_unet_extra(),
@@ -502,11 +511,13 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
             init: str | Path | None = None, small: bool = False, device: str | None = None,
             ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200,
             evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS, ldm_decoder_depth: int | None = None,
-            balance: dict[str, float] | None = None, int8: tuple[str, ...] = INT8_STAGES) -> dict:
+            balance: dict[str, float] | None = None, int8: tuple[str, ...] = INT8_STAGES,
+            ldm_augment: dict | None = None) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
     check_job_options(balance or {}, int8, ldm_decoder_depth)
+    check_ldm_augment(ldm_augment or {})
     dist = init_distributed(device)
     if dist.is_distributed:
         check_parallel_order(stages)
@@ -526,6 +537,7 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx.ldm_decoder_depth = ldm_decoder_depth
     ctx.balance = dict(balance or {})
     ctx.int8 = frozenset(int8)
+    ctx.ldm_augment = dict(ldm_augment or {})
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:

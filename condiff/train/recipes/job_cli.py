@@ -1,7 +1,7 @@
 """Command line of the built-in models' training job (``python -m condiff.train.recipes.job``).
 
 Parses the per-stage options (``--minutes``, ``--steps``, ``--lr``, ``--min-lr-ratio``, ``--batch``,
-``--balance``) into the dicts :func:`condiff.train.recipes.job.run_job` takes, with an error that
+``--seed``, ``--balance``, ``--ldm-augment``) into the dicts :func:`condiff.train.recipes.job.run_job` takes, with an error that
 names the option and the problem for every malformed value.
 """
 
@@ -11,6 +11,7 @@ import argparse
 
 from .job import EVALENC_CHANNELS, INT8_STAGES, LDM_DECODER_DEPTH, RUNNERS, STAGES, check_job_options, run_job
 from .job import __doc__ as JOB_DOC
+from .ldm_augment import parse_ldm_augment
 
 __all__ = ["main", "parse_overrides"]
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="per-stage global batch sizes (split over torchrun processes), e.g. ldm=1024")
     p.add_argument("--min-lr-ratio", default="",
                    help="per-stage cosine floor as a fraction of the peak, e.g. ldm=0.05 (an annealing run)")
+    p.add_argument("--seed", default="",
+                   help="per-stage seeds of the data order and noise draws (default 0), e.g. ldm=1: an "
+                        "independent run of the same recipe, e.g. for a weight average")
     p.add_argument("--eval-prompts", type=int, default=200,
                    help="held-out caption prompts of the evaluate stage (adherence and inpainting)")
     p.add_argument("--evalenc-channels", default=",".join(map(str, EVALENC_CHANNELS)),
@@ -40,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"component's, else {LDM_DECODER_DEPTH}; a shallower --init is grown)")
     p.add_argument("--balance", default="",
                    help="per-stage family-balance exponent in [0, 1] of the picture sampling, e.g. ldm=0.5")
+    p.add_argument("--ldm-augment", default="",
+                   help="augmentation of the ldm stage: flip (mirror flippable pictures, p=1/2) and/or plain=P "
+                        "(caption replaced by the concept's plain prompt with probability P), e.g. flip,plain=0.2")
     p.add_argument("--int8", default=",".join(INT8_STAGES),
                    help="stages whose component ships int8 with per-channel scales (default: ldm; '' for fp16)")
     a = p.parse_args(argv)
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     int8 = tuple(s for s in a.int8.split(",") if s)
     try:
         check_job_options(balance, int8, a.ldm_decoder_depth)
+        augment = parse_ldm_augment(a.ldm_augment)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     if a.eval_prompts < 1:
@@ -60,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"got {a.evalenc_channels!r}")
     stages = [s for s in a.stages.split(",") if s]
     run_job(a.world, a.out, stages, minutes=_per_stage(a.minutes, "--minutes", float), init=a.init, small=a.small,
-            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio, a.batch),
+            device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio, a.batch, a.seed),
             eval_prompts=a.eval_prompts, evalenc_channels=channels, ldm_decoder_depth=a.ldm_decoder_depth,
-            balance=balance, int8=int8)
+            balance=balance, int8=int8, ldm_augment=augment)
 
 
 def _per_stage(text: str, flag: str, cast) -> dict:
@@ -81,16 +89,19 @@ def _per_stage(text: str, flag: str, cast) -> dict:
     return out
 
 
-def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "", batch: str = "") -> dict[str, dict]:
-    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio/--batch`` options."""
+def parse_overrides(steps: str = "", lr: str = "", min_lr_ratio: str = "", batch: str = "",
+                    seed: str = "") -> dict[str, dict]:
+    """Per-stage TrainConfig overrides from the ``--steps/--lr/--min-lr-ratio/--batch/--seed`` options."""
     out: dict[str, dict] = {}
     for flag, key, text, cast in (("--steps", "steps", steps, int), ("--lr", "lr", lr, float),
                                   ("--min-lr-ratio", "min_lr_ratio", min_lr_ratio, float),
-                                  ("--batch", "batch_size", batch, int)):
+                                  ("--batch", "batch_size", batch, int), ("--seed", "seed", seed, int)):
         for stage, value in _per_stage(text, flag, cast).items():
             if stage not in RUNNERS:
                 raise SystemExit(f"{flag}: unknown stage {stage!r}; choose from {list(RUNNERS)}")
             if key in ("steps", "batch_size") and value < 1:
                 raise SystemExit(f"{flag}: {stage}={value} must be at least 1")
+            if key == "seed" and value < 0:
+                raise SystemExit(f"{flag}: {stage}={value} must not be negative")
             out.setdefault(stage, {})[key] = value
     return out

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ...denoisers import Cond, NetworkDenoiser
 from ...losses import DDPMEpsLoss
 from ...nn.unet import UNet, UNetConfig
+from .ldm_augment import choose_flipped
 
 __all__ = [
     "builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks",
@@ -52,11 +53,16 @@ def builtin_unet_config(in_channels: int = 4, decoder_depth: int = 3) -> UNetCon
     )
 
 
-def pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
-    """One caption variant per sample, replaced by the empty prompt with probability p_uncond."""
+def pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator,
+                 plain: Tensor | None = None, p_plain: float = 0.0) -> Tensor:
+    """One caption variant per sample, replaced by the empty prompt with probability p_uncond; with ``plain``
+    ([B, L, D], the concepts' plain prompts) the caption is first replaced by it with probability p_plain."""
     b, k = ctx_bank.shape[:2]
     variant = torch.randint(0, k, (b,), generator=g, device=g.device).to(ctx_bank.device)
     ctx = ctx_bank[torch.arange(b, device=ctx_bank.device), variant].float()
+    if plain is not None and p_plain > 0:
+        use = (torch.rand(b, generator=g, device=g.device) < p_plain).to(ctx.device)
+        ctx = torch.where(use[:, None, None], plain.to(ctx.device).float(), ctx)
     drop = (torch.rand(b, generator=g, device=g.device) < p_uncond).to(ctx.device)
     return torch.where(drop[:, None, None], empty.to(ctx.dtype).expand_as(ctx), ctx)
 
@@ -67,19 +73,27 @@ def sample_latents(mean: Tensor, std: Tensor, scale: float, g: torch.Generator) 
 
 
 class TextToImageObjective:
-    """Batch dict: mean, std (latent posterior), ctx (caption contexts [B, K, L, D])."""
+    """Batch dict: mean, std (latent posterior), ctx (caption contexts [B, K, L, D]); with ``flip`` also
+    mean_flip, std_flip, flippable, and with ``plain_bank`` ([C, L, D]) concept (ids) —
+    :mod:`.ldm_augment`."""
 
     def __init__(self, denoiser: NetworkDenoiser, schedule, empty_context: Tensor, scaling_factor: float,
-                 p_uncond: float = 0.1):
+                 p_uncond: float = 0.1, *, flip: bool = False, plain_bank: Tensor | None = None,
+                 p_plain: float = 0.0):
         self.loss = DDPMEpsLoss(schedule)
         self.denoiser = denoiser
         self.empty = empty_context
         self.scale = scaling_factor
         self.p_uncond = p_uncond
+        self.flip, self.plain_bank, self.p_plain = flip, plain_bank, p_plain
 
     def __call__(self, model: nn.Module, batch: dict, g: torch.Generator) -> Tensor:
-        z = sample_latents(batch["mean"], batch["std"], self.scale, g)
-        ctx = pick_context(batch["ctx"], self.empty, self.p_uncond, g)
+        mean, std = choose_flipped(batch, g) if self.flip else (batch["mean"], batch["std"])
+        z = sample_latents(mean, std, self.scale, g)
+        plain = None
+        if self.plain_bank is not None and self.p_plain > 0:
+            plain = self.plain_bank[batch["concept"].to(self.plain_bank.device)]
+        ctx = pick_context(batch["ctx"], self.empty, self.p_uncond, g, plain, self.p_plain)
         return self.loss(self.denoiser, z, Cond(context=ctx), g)
 
 

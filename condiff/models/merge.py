@@ -1,0 +1,138 @@
+"""Weighted averages of component folders of one architecture (checkpoint merging, "model soups").
+
+θ = Σᵢ wᵢ θᵢ with wᵢ ≥ 0, Σᵢ wᵢ = 1 — the uniform soup of Wortsman et al. 2022 ("Model soups", eq. 1,
+weights 1/k) and the weighted sum of the usual checkpoint mergers. Averaging makes sense for networks
+fine-tuned from one starting point (they sit in one basin of the loss); for independently trained
+networks it usually does not, which is why the result must be measured before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .weights import SCALE_SUFFIX, WeightsError, load_state, read_config, save_weights
+
+__all__ = ["merge_states", "merge_components", "MergeError"]
+
+#: config keys that describe the files or the provenance, not the network: they may differ between sources
+_NOT_ARCHITECTURE = {"files", "weights", "merged_from"}
+
+
+class MergeError(ValueError):
+    """The sources cannot be averaged (different architectures, bad weights, an existing output)."""
+
+
+def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    if n < 2:
+        raise MergeError(f"merging needs at least two sources, got {n}")
+    if weights is None:
+        return [1.0 / n] * n
+    w = [float(x) for x in weights]
+    if len(w) != n:
+        raise MergeError(f"got {len(w)} weights for {n} sources; give one weight per source")
+    if any(not x >= 0 for x in w) or sum(w) <= 0:
+        raise MergeError(f"weights must be non-negative with a positive sum, got {w}")
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def merge_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float] | None = None) -> dict[str, Tensor]:
+    """Σᵢ wᵢ θᵢ (fp32) over state dicts with the same keys and shapes; ``weights`` default to uniform and are
+    normalised to sum 1. Integer tensors (step counters and the like) must agree and are kept."""
+    w = _weights(len(states), weights)
+    keys = set(states[0])
+    for i, s in enumerate(states[1:], 2):
+        if set(s) != keys:
+            diff = sorted(keys.symmetric_difference(s))[:3]
+            raise MergeError(f"source {i} has different parameters from source 1 (e.g. {diff}); only networks "
+                             "of one architecture can be averaged")
+    out: dict[str, Tensor] = {}
+    for k in states[0]:
+        shapes = {tuple(s[k].shape) for s in states}
+        if len(shapes) != 1:
+            raise MergeError(f"parameter {k!r} has different shapes across the sources: {sorted(shapes)}")
+        if states[0][k].is_floating_point():
+            out[k] = sum(wi * s[k].float() for wi, s in zip(w, states))
+        elif all(torch.equal(states[0][k], s[k]) for s in states):
+            out[k] = states[0][k]
+        else:
+            raise MergeError(f"integer buffer {k!r} differs across the sources and cannot be averaged")
+    for k, v in out.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise MergeError(f"the average of {k!r} is not finite; a source holds NaN or inf weights")
+    return out
+
+
+def _is_int8(folder: Path, config: dict) -> bool:
+    """Whether the folder's shards hold int8 weights (per-channel scales beside them)."""
+    from safetensors import safe_open
+
+    for name in config.get("files", {}):
+        with safe_open(str(folder / name), framework="pt") as f:
+            if any(k.endswith(SCALE_SUFFIX) for k in f.keys()):
+                return True
+    return False
+
+
+def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
+                     dtype: str = "same", overwrite: bool = False) -> dict:
+    """Average component folders (``config.json`` + safetensors shards, fp16/fp32/int8) into a new folder.
+
+    The sources must share their network config (kind, architecture); ``dtype`` is ``"same"`` (int8 when
+    the first source is int8, else fp16), ``"fp16"``, ``"fp32"`` or ``"int8"``. The output folder is written
+    next to its final place and renamed into it, and an existing one is replaced only with ``overwrite``.
+    Returns the written config (with ``merged_from``: each source and its weight).
+    """
+    sources = [Path(s) for s in sources]
+    w = _weights(len(sources), weights)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MergeError(f"{out} exists; choose another output folder or allow overwriting it")
+    if any(out.resolve() == s.resolve() for s in sources):
+        raise MergeError(f"the output {out} is one of the sources; write the merge to a new folder")
+    configs = []
+    for s in sources:
+        try:
+            configs.append(read_config(s))
+        except (OSError, WeightsError, json.JSONDecodeError) as err:
+            raise MergeError(f"cannot read the component folder {s}: {err}") from None
+    arch = [{k: v for k, v in c.items() if k not in _NOT_ARCHITECTURE} for c in configs]
+    for s, a in zip(sources[1:], arch[1:]):
+        if a != arch[0]:
+            keys = sorted(k for k in set(a) | set(arch[0]) if a.get(k) != arch[0].get(k))
+            raise MergeError(f"{s} differs from {sources[0]} in {keys}; only components of one architecture "
+                             "can be averaged")
+    choice = {"fp16": torch.float16, "fp32": torch.float32, "int8": torch.int8}
+    if dtype == "same":
+        dtype = "int8" if _is_int8(sources[0], configs[0]) else "fp16"
+    if dtype not in choice:
+        raise MergeError(f"unknown dtype {dtype!r}; choose same, fp16, fp32 or int8")
+    state = merge_states([load_state(s) for s in sources], w)
+    config = {k: v for k, v in configs[0].items() if k not in _NOT_ARCHITECTURE}
+    config["merged_from"] = [{"source": str(s), "weight": round(x, 6)} for s, x in zip(sources, w)]
+    if dtype == "int8":
+        config["weights"] = "int8, one scale per output channel (condiff.models.weights.quantize_int8)"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would outlive the rename
+    try:
+        save_weights(state, tmp, config, dtype=choice[dtype])
+        if out.is_dir() and not out.is_symlink():
+            shutil.rmtree(out)
+        elif out.exists() or out.is_symlink():
+            out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_config(out)
