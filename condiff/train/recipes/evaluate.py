@@ -12,7 +12,9 @@
 * **Inpainting**: on held-out pictures, evalenc similarity of the composite to the caption (inside
   the mask the only thing that differs) for the inpainting U-Net vs. the zero-shot latent-blend
   baseline (and their paired difference on the same pictures, prompts and seeds), and the pixel error
-  outside the mask after compositing (must be 0). Two masks (:func:`inpaint_eval_masks`): the centre
+  outside the mask after compositing (must be 0). Also measured on the masked region alone (its
+  square bounding box cut out of the composite and resized to the encoder's input,
+  :func:`masked_region_crops`), where the unchanged context no longer dilutes the difference. Two masks (:func:`inpaint_eval_masks`): the centre
   box, which mostly leaves the subject in the context, and the picture's own subject (dilated), where
   the inside has to carry the prompt.
 
@@ -26,6 +28,7 @@ import time
 import torch
 from torch import Tensor
 
+from ...compositing import crop_box, mask_box
 from ...metrics.bootstrap import bootstrap_ci
 from ...metrics.distribution import frechet_distance
 from ...models.ldm import LatentDiffusion
@@ -40,7 +43,7 @@ from .latent import subject_masks
 
 __all__ = ["stage_evaluate", "concept_ranks", "load_evalenc", "ADHERENCE_GUIDANCE", "evaluate_inpainting",
            "inpaint_eval_masks", "inpaint_eval_records", "eval_order", "subject_records", "INPAINT_MASKS",
-           "generate_many", "adherence_by_training_count", "TRAIN_COUNT_BUCKETS"]
+           "generate_many", "adherence_by_training_count", "TRAIN_COUNT_BUCKETS", "masked_region_crops"]
 
 #: guidance scales of the adherence sweep (0 = unconditional; the default is 5; 1, 2.5, 5, 10, 20, 40 is the
 #: thesis's Fig. 4.3 sweep)
@@ -244,12 +247,25 @@ def subject_records(ev, order: list[int], n: int) -> list[int]:
     return keep
 
 
+def masked_region_crops(images: Tensor, masks: Tensor) -> Tensor:
+    """Each picture's masked region: the square bounding box of its mask (grown to a square inside the
+    picture) cut out and resized (bilinear, antialiased) to the picture's size, [B, 3, H, W]."""
+    h, w = images.shape[-2:]
+    crops = []
+    for img, m in zip(images, masks):
+        box = mask_box(m[None], padding=0, multiple=1, aspect=w / h)
+        crops.append(torch.nn.functional.interpolate(crop_box(img[None], box), size=(h, w), mode="bilinear",
+                                                     antialias=True, align_corners=False))
+    return torch.cat(crops).clamp(0, 1)
+
+
 def evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list[int], batch: int,
                         mask: str = "box", guidance: float | None = None) -> dict:
     """Inpainting U-Net vs. zero-shot latent blend on held-out pictures ``idx`` with the caption as prompt:
     evalenc similarity of the composite to the prompt (outside the mask both equal the input, so the
     difference is the inside), the paired per-picture difference, and the pixel error outside the mask.
-    Both methods sample at ``guidance`` (None: the model's default)."""
+    The same similarity on the masked region alone (:func:`masked_region_crops`). Both methods sample at
+    ``guidance`` (None: the model's default)."""
     images = ev.images[idx].float() / 255
     n = len(idx)
     masks = inpaint_eval_masks(ev, idx, mask)
@@ -257,7 +273,7 @@ def evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list
     txt = model.text_encoder.pooled(prompts).float()
     out: dict = {"mask": mask, "pictures": n, "masked share": round(float(masks.mean()), 4),
                  "guidance": float(model.info.get("default_guidance", 5.0) if guidance is None else guidance)}
-    sims = {}
+    sims, region = {}, {}
     for method in ("model", "blend"):
         comps, outside = [], []
         for i in range(0, n, batch):
@@ -269,8 +285,11 @@ def evaluate_inpainting(model: LatentDiffusion, enc: ImageEncoder, ev, idx: list
         comp = torch.cat(comps)
         emb = _features(enc, comp)
         sims[method] = sim = (emb * txt.cpu()).sum(1)
+        region[method] = reg = (_features(enc, masked_region_crops(comp, masks)) * txt.cpu()).sum(1)
         out[method] = {"evalenc similarity to the prompt": _ci(sim),
+                       "evalenc similarity to the prompt, masked region": _ci(reg),
                        "max abs error outside the mask": float(torch.cat(outside).max())}
     # same pictures, prompts and seeds for both methods: the paired difference is the sharper test
     out["model − blend (paired, per picture)"] = _ci(sims["model"] - sims["blend"])
+    out["model − blend, masked region (paired, per picture)"] = _ci(region["model"] - region["blend"])
     return out
