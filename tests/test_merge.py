@@ -1,5 +1,6 @@
 """Weighted averages of component folders (condiff.models.merge, `condiff models merge`)."""
 
+import os
 import stat
 
 import pytest
@@ -51,7 +52,7 @@ def test_merge_states_refuses_what_cannot_be_averaged(change, message):
 
 
 @pytest.mark.parametrize("weights, message", [([1.0], "one weight per source"), ([1.0, -1.0], "non-negative"),
-                                              ([0.0, 0.0], "positive sum")])
+                                              ([0.0, 0.0], "positive sum"), ([float("inf"), 1.0], "finite")])
 def test_merge_states_checks_the_weights(weights, message):
     with pytest.raises(MergeError, match=message):
         merge_states([_state(0), _state(1)], weights)
@@ -68,19 +69,32 @@ def test_merge_components_writes_the_average_as_a_new_readable_folder(tmp_path):
     assert torch.allclose(merged["conv.weight"], expect)
     assert config["merged_from"] == [{"source": str(a), "weight": 0.25}, {"source": str(b), "weight": 0.75}]
     assert config["default_guidance"] == 5.0 and read_config(out)["kind"] == "unet"
-    assert stat.S_IMODE(out.stat().st_mode) & 0o055  # not left private by the temporary folder
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not left private by the temporary folder
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary leftovers
 
 
-def test_merge_components_keeps_int8_and_its_rounding(tmp_path):
+def _shard_dtypes(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / next(iter(read_config(folder)["files"]))), framework="pt") as f:
+        return {k: f.get_tensor(k).dtype for k in f.keys()}
+
+
+def test_merge_components_keeps_the_sources_storage_int8_or_fp32(tmp_path):
     a = _folder(tmp_path / "a", 0, dtype=torch.int8)
     b = _folder(tmp_path / "b", 1, dtype=torch.int8)
     config = merge_components([a, b], tmp_path / "out")
-    assert "int8" in config["weights"]
+    assert "int8" in config["weights"] and _shard_dtypes(tmp_path / "out")["conv.weight"] == torch.int8
     avg = (load_state(a)["conv.weight"] + load_state(b)["conv.weight"]) / 2
     got = load_state(tmp_path / "out")["conv.weight"]
     row_scale = avg.flatten(1).abs().amax(1) / 127
     assert ((got - avg).abs().flatten(1).amax(1) <= row_scale * 0.51 + 1e-6).all()
+    merge_components([_folder(tmp_path / "c", 0), _folder(tmp_path / "d", 1)], tmp_path / "out32")  # fp32 sources
+    assert _shard_dtypes(tmp_path / "out32")["conv.weight"] == torch.float32
+    merge_components([tmp_path / "c", tmp_path / "d"], tmp_path / "out16", dtype="fp16")
+    assert _shard_dtypes(tmp_path / "out16")["conv.weight"] == torch.float16
 
 
 def test_merge_components_refuses_other_architectures_existing_outputs_and_in_place(tmp_path):
@@ -89,11 +103,22 @@ def test_merge_components_refuses_other_architectures_existing_outputs_and_in_pl
     with pytest.raises(MergeError, match=r"differs .* in \['network'\]"):
         merge_components([a, other], tmp_path / "out")
     b = _folder(tmp_path / "b", 1)
-    (tmp_path / "taken").mkdir()
+    taken = _folder(tmp_path / "taken", 2)
     with pytest.raises(MergeError, match="exists"):
-        merge_components([a, b], tmp_path / "taken")
-    merge_components([a, b], tmp_path / "taken", overwrite=True)
-    assert (tmp_path / "taken" / "config.json").exists()
+        merge_components([a, b], taken)
+    merge_components([a, b], taken, overwrite=True)
+    assert torch.allclose(load_state(taken)["conv.bias"], (_state(0)["conv.bias"] + _state(1)["conv.bias"]) / 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "other", "taken"]  # the old copy is gone
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    with pytest.raises(MergeError, match="not a component folder"):
+        merge_components([a, b], tmp_path / "user", overwrite=True)
+    assert (tmp_path / "user" / "notes.txt").read_text() == "mine"
+    nested = _folder(tmp_path / "outer" / "b", 1)
+    (tmp_path / "outer" / "config.json").write_text("{}")
+    with pytest.raises(MergeError, match="contains one of the sources"):
+        merge_components([a, nested], tmp_path / "outer", overwrite=True)
+    assert (nested / "config.json").exists()
     (tmp_path / "a_file").write_text("not a folder")
     merge_components([a, b], tmp_path / "a_file", overwrite=True)  # a file in the way is replaced when allowed
     assert (tmp_path / "a_file" / "config.json").exists()
@@ -101,12 +126,17 @@ def test_merge_components_refuses_other_architectures_existing_outputs_and_in_pl
         merge_components([a, b], a, overwrite=True)
     with pytest.raises(MergeError, match="cannot read"):
         merge_components([a, tmp_path / "missing"], tmp_path / "out2")
+    bad = _folder(tmp_path / "bad", 3)
+    shard = next(bad.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(MergeError, match="cannot read the weights"):
+        merge_components([a, bad], tmp_path / "out4")
     with pytest.raises(MergeError, match="unknown dtype"):
         merge_components([a, b], tmp_path / "out3", dtype="bf8")
 
 
-def test_merged_unet_computes_between_its_sources(tmp_path):
-    """Averaging two copies of one network is that network; the CLI writes it and names its sources."""
+def test_cli_merge_of_two_copies_of_a_unet_is_that_unet(tmp_path):
+    """Averaging two copies of one network gives that network back; the CLI writes it and names its sources."""
     cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 32), attention_levels=(False, True),
                      layers_per_block=1, cross_attention_dim=16, num_attention_heads=(1, 2), norm_num_groups=8)
     net = UNet(cfg)

@@ -6,8 +6,9 @@ split by how many training pictures the requested concept has (CPU or GPU).
 The evaluate stage's measurement (:mod:`condiff.train.recipes.evaluate`) on the shipped weights (or those
 of the folder ``CONDIFF_WEIGHTS`` names): the first ``n`` prompts of its seeded held-out order (after
 ``--offset``), 20 DPM++ steps at the model's default guidance (or ``--steps``, ``--sampler``,
-``--guidance``), the same seeds; condiff-evalenc ranks all concept prompts for the generated and for the
-real picture. Reported: the overall top-5 rates (they equal the model card's figure for the same ``n``),
+``--guidance``), seed 10 000 + j for the j-th prompt of the run (so with ``--offset`` the seeds are not those a
+run from the start gives the same prompts); condiff-evalenc ranks all concept prompts for the generated
+and for the real picture. Reported: the overall top-5 rates (they equal the model card's figure for the same ``n``),
 the rates per training-count bucket (:func:`~condiff.train.recipes.evaluate.adherence_by_training_count`),
 the miss overlap, and with ``--list`` every prompt's ranks and the generated picture's top concepts.
 """
@@ -51,6 +52,10 @@ def main() -> None:
     ev = world.eval
     if a.offset + a.n > len(ev):
         raise SystemExit(f"--offset {a.offset} + --n {a.n} exceeds the {len(ev)} held-out pictures of {a.world}")
+    from condiff.samplers.registry import list_samplers
+
+    if a.sampler not in list_samplers():
+        raise SystemExit(f"unknown sampler {a.sampler!r}; available samplers: {', '.join(list_samplers())}")
     model = load_model("builtin", device=a.device)
     enc = load_evalenc(WEIGHTS_DIR / "evalenc", a.device)
     gamma = float(model.info.get("default_guidance", 5.0) if a.guidance is None else a.guidance)
@@ -64,7 +69,8 @@ def main() -> None:
     images = generate_many(model, prompts, guidance=gamma, sampler=a.sampler, steps=a.steps, batch=a.batch)
     gen = concept_ranks(enc, images, truth, concept_text)
     counts = torch.bincount(world.train.concept_id, minlength=len(world.concepts))[truth]
-    rep: dict = {"prompts": a.n, "offset": a.offset, "sampler": a.sampler, "steps": a.steps, "guidance": gamma, "concepts": len(world.concepts),
+    rep: dict = {"prompts": a.n, "offset": a.offset, "sampler": a.sampler, "steps": a.steps, "guidance": gamma,
+                 "concepts": len(world.concepts),
                  "adherence top5, generated": round(float((gen < 5).float().mean()), 4),
                  "adherence top5, real held-out pictures": round(float((real < 5).float().mean()), 4),
                  "by training pictures of the concept": adherence_by_training_count(gen, real, counts)}

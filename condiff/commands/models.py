@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="New folder for the merged component."),
         weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one per source "
                                               "(normalised to sum 1); default: equal."),
-        dtype: str = typer.Option("same", "--dtype", help="same (int8 if the first source is), fp16, fp32 or int8."),
+        dtype: str = typer.Option("same", "--dtype", help="same (as the first source stores its weights), fp16, fp32 or int8."),
         force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     ) -> None:
         """Average the weights of components fine-tuned from one starting point ("model soup"); measure the

@@ -9,6 +9,7 @@ networks it usually does not, which is why the result must be measured before it
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,8 +39,8 @@ def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
     w = [float(x) for x in weights]
     if len(w) != n:
         raise MergeError(f"got {len(w)} weights for {n} sources; give one weight per source")
-    if any(not x >= 0 for x in w) or sum(w) <= 0:
-        raise MergeError(f"weights must be non-negative with a positive sum, got {w}")
+    if any(not (x >= 0 and math.isfinite(x)) for x in w) or sum(w) <= 0:
+        raise MergeError(f"weights must be finite and non-negative with a positive sum, got {w}")
     total = sum(w)
     return [x / total for x in w]
 
@@ -71,33 +72,41 @@ def merge_states(states: Sequence[dict[str, Tensor]], weights: Sequence[float] |
     return out
 
 
-def _is_int8(folder: Path, config: dict) -> bool:
-    """Whether the folder's shards hold int8 weights (per-channel scales beside them)."""
+def _stored_dtype(folder: Path, config: dict) -> str:
+    """How the folder's shards store the weights: "int8" (per-channel scales beside them), "fp32" or "fp16"."""
     from safetensors import safe_open
 
+    floats = set()
     for name in config.get("files", {}):
         with safe_open(str(folder / name), framework="pt") as f:
-            if any(k.endswith(SCALE_SUFFIX) for k in f.keys()):
-                return True
-    return False
+            for k in f.keys():
+                if k.endswith(SCALE_SUFFIX):
+                    return "int8"
+                floats.add(f.get_slice(k).get_dtype())
+    return "fp32" if "F32" in floats else "fp16"
 
 
 def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Sequence[float] | None = None, *,
                      dtype: str = "same", overwrite: bool = False) -> dict:
     """Average component folders (``config.json`` + safetensors shards, fp16/fp32/int8) into a new folder.
 
-    The sources must share their network config (kind, architecture); ``dtype`` is ``"same"`` (int8 when
-    the first source is int8, else fp16), ``"fp16"``, ``"fp32"`` or ``"int8"``. The output folder is written
-    next to its final place and renamed into it, and an existing one is replaced only with ``overwrite``.
+    The sources must share their network config (kind, architecture); ``dtype`` is ``"same"`` (as the first
+    source stores its weights: int8, fp32 or fp16), ``"fp16"``, ``"fp32"`` or ``"int8"``. The output folder is
+    written next to its final place and renamed into it; an existing one is replaced only with ``overwrite``,
+    only if it is a component folder (or a file), and never when a source lies inside it.
     Returns the written config (with ``merged_from``: each source and its weight).
     """
     sources = [Path(s) for s in sources]
     w = _weights(len(sources), weights)
     out = Path(out)
-    if out.exists() and not overwrite:
+    present = out.exists() or out.is_symlink()
+    if present and not overwrite:
         raise MergeError(f"{out} exists; choose another output folder or allow overwriting it")
-    if any(out.resolve() == s.resolve() for s in sources):
-        raise MergeError(f"the output {out} is one of the sources; write the merge to a new folder")
+    target = out.resolve()
+    if any(s.resolve() == target or target in s.resolve().parents for s in sources):
+        raise MergeError(f"the output {out} is or contains one of the sources; write the merge to a new folder")
+    if out.is_dir() and not out.is_symlink() and not (out / "config.json").exists():
+        raise MergeError(f"{out} is a folder but not a component folder (no config.json); refusing to replace it")
     configs = []
     for s in sources:
         try:
@@ -111,11 +120,15 @@ def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Se
             raise MergeError(f"{s} differs from {sources[0]} in {keys}; only components of one architecture "
                              "can be averaged")
     choice = {"fp16": torch.float16, "fp32": torch.float32, "int8": torch.int8}
-    if dtype == "same":
-        dtype = "int8" if _is_int8(sources[0], configs[0]) else "fp16"
-    if dtype not in choice:
+    if dtype not in (*choice, "same"):
         raise MergeError(f"unknown dtype {dtype!r}; choose same, fp16, fp32 or int8")
-    state = merge_states([load_state(s) for s in sources], w)
+    try:
+        if dtype == "same":
+            dtype = _stored_dtype(sources[0], configs[0])
+        states = [load_state(s) for s in sources]
+    except (OSError, WeightsError) as err:
+        raise MergeError(f"cannot read the weights of a source: {err}") from None
+    state = merge_states(states, w)
     config = {k: v for k, v in configs[0].items() if k not in _NOT_ARCHITECTURE}
     config["merged_from"] = [{"source": str(s), "weight": round(x, 6)} for s, x in zip(sources, w)]
     if dtype == "int8":
@@ -125,14 +138,22 @@ def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Se
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's private 0700 would outlive the rename
+    old = out.with_name(f".{out.name}.replaced-{tmp.name.rsplit('.', 1)[-1]}") if present else None
     try:
         save_weights(state, tmp, config, dtype=choice[dtype])
-        if out.is_dir() and not out.is_symlink():
-            shutil.rmtree(out)
-        elif out.exists() or out.is_symlink():
-            out.unlink()
-        os.replace(tmp, out)
+        if old is not None:
+            os.replace(out, old)  # kept until the new folder is in place
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    elif old is not None:
+        old.unlink()
     return read_config(out)

@@ -13,10 +13,10 @@
   the mask the only thing that differs) for the inpainting U-Net vs. the zero-shot latent-blend
   baseline (and their paired difference on the same pictures, prompts and seeds), and the pixel error
   outside the mask after compositing (must be 0). Also measured on the masked region alone (its
-  square bounding box cut out of the composite and resized to the encoder's input,
-  :func:`masked_region_crops`), where the unchanged context no longer dilutes the difference. Two masks (:func:`inpaint_eval_masks`): the centre
-  box, which mostly leaves the subject in the context, and the picture's own subject (dilated), where
-  the inside has to carry the prompt.
+  bounding box, grown to the picture's aspect, cut out and resized to the encoder's input,
+  :func:`masked_region_crops`), where the unchanged context no longer dilutes the difference. Two masks
+  (:func:`inpaint_eval_masks`): the centre box, which mostly leaves the subject in the context, and the
+  picture's own subject (dilated), where the inside has to carry the prompt.
 
 Every mean comes with a bootstrap 95 % interval.
 """
@@ -248,8 +248,8 @@ def subject_records(ev, order: list[int], n: int) -> list[int]:
 
 
 def masked_region_crops(images: Tensor, masks: Tensor) -> Tensor:
-    """Each picture's masked region: the square bounding box of its mask (grown to a square inside the
-    picture) cut out and resized (bilinear, antialiased) to the picture's size, [B, 3, H, W]."""
+    """Each picture's masked region: the bounding box of its mask, grown to the picture's aspect ratio inside
+    the picture, cut out and resized (bilinear, antialiased) to the picture's size, [B, 3, H, W]."""
     h, w = images.shape[-2:]
     crops = []
     for img, m in zip(images, masks):

@@ -42,7 +42,7 @@ from .evalenc import EvalEncoderObjective, retrieval_accuracy
 from ..grow import GrowthError, grow_into
 from .balance import WeightedBatches, family_weights
 from .export import export_component, strip_prefix
-from .ldm_augment import add_augment_data, check_ldm_augment
+from .ldm_augment import active_ldm_augment, add_augment_data, check_ldm_augment
 from .latent import InpaintObjective, TextToImageObjective, builtin_unet_config, inpaint_bank, inpaint_unet_from
 from .world import WorldTensors, load_world
 
@@ -157,7 +157,7 @@ def _fit(ctx: JobContext, stage: str, model, objective, data, **over):
     result = trainer.fit(time_limit_s=None if ctx.small else limit)
     if trainer.ema is not None:
         trainer.ema.copy_to(model)
-    info = result.summary(cfg, time.time() - t0, processes=ctx.dist.world_size)
+    info = {**result.summary(cfg, time.time() - t0, processes=ctx.dist.world_size), "seed": cfg.seed}
     if ctx.is_main:
         print(f"[{stage}] {info['steps']} steps in {info['wall_s']} s, loss {info['final_loss']}", flush=True)
     return info
@@ -537,7 +537,7 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx.ldm_decoder_depth = ldm_decoder_depth
     ctx.balance = dict(balance or {})
     ctx.int8 = frozenset(int8)
-    ctx.ldm_augment = dict(ldm_augment or {})
+    ctx.ldm_augment = active_ldm_augment(ldm_augment or {})
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["parse_ldm_augment", "check_ldm_augment", "flipped_latents", "concept_contexts", "choose_flipped",
-           "add_augment_data"]
+__all__ = ["parse_ldm_augment", "check_ldm_augment", "active_ldm_augment", "flipped_latents", "concept_contexts",
+           "choose_flipped", "add_augment_data"]
 
 
 def parse_ldm_augment(text: str) -> dict:
@@ -43,15 +43,22 @@ def parse_ldm_augment(text: str) -> dict:
         else:
             raise ValueError(f"--ldm-augment: unknown item {item!r}; use flip and/or plain=P (e.g. flip,plain=0.2)")
     check_ldm_augment(out)
-    return out
+    return active_ldm_augment(out)
 
 
 def check_ldm_augment(aug: dict) -> None:
     bad = set(aug) - {"flip", "plain"}
     if bad:
         raise ValueError(f"--ldm-augment: unknown augmentation(s) {sorted(bad)}; use flip and/or plain=P")
-    if "plain" in aug and not 0.0 <= aug["plain"] < 1.0:
-        raise ValueError(f"--ldm-augment: plain must lie in [0, 1), got {aug['plain']}")
+    if "flip" in aug and not isinstance(aug["flip"], bool):
+        raise ValueError(f"--ldm-augment: flip must be True or False, got {aug['flip']!r}")
+    if "plain" in aug and not (isinstance(aug["plain"], (int, float)) and 0.0 <= aug["plain"] < 1.0):
+        raise ValueError(f"--ldm-augment: plain must lie in [0, 1), got {aug['plain']!r}")
+
+
+def active_ldm_augment(aug: dict) -> dict:
+    """``aug`` without its no-op items (flip False, plain 0): what a run and its model card record."""
+    return {k: v for k, v in aug.items() if v}
 
 
 @torch.no_grad()
