@@ -12,8 +12,9 @@ from condiff.train.recipes.job_cli import main as job_main
 from types import SimpleNamespace
 
 from condiff.schedules import DiscreteSchedule
-from condiff.train.recipes.latent import TextToImageObjective, pick_context, sample_latents
-from condiff.train.recipes.ldm_augment import add_augment_data, choose_flipped, flipped_latents, parse_ldm_augment
+from condiff.train.recipes.latent import (TextToImageObjective, choose_flipped, encode_posteriors, pick_context,
+                                          sample_latents)
+from condiff.train.recipes.ldm_augment import add_augment_data, parse_ldm_augment
 
 
 def test_parse_ldm_augment_reads_flip_and_plain_and_names_bad_items():
@@ -89,7 +90,7 @@ def _fake_world(n=6):
 
 def test_flipped_latents_encode_the_pictures_mirrored_left_to_right():
     world = _fake_world()
-    mean, std = flipped_latents(_PixelVAE(), world.images, "cpu", batch=4)
+    mean, std = encode_posteriors(_PixelVAE(), world.images, "cpu", mirror=True, batch=4)
     expect = world.images.float().flip(-1) / 127.5 - 1
     assert torch.allclose(mean.float(), expect, atol=1e-2) and mean.dtype == torch.float16
     assert not torch.allclose(mean.float(), world.images.float() / 127.5 - 1, atol=1e-2)

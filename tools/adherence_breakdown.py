@@ -52,10 +52,12 @@ def main() -> None:
     ev = world.eval
     if a.offset + a.n > len(ev):
         raise SystemExit(f"--offset {a.offset} + --n {a.n} exceeds the {len(ev)} held-out pictures of {a.world}")
-    from condiff.samplers.registry import list_samplers
+    from condiff.samplers.registry import sampler_info
 
-    if a.sampler not in list_samplers():
-        raise SystemExit(f"unknown sampler {a.sampler!r}; available samplers: {', '.join(list_samplers())}")
+    try:
+        sampler_info(a.sampler)  # before the expensive part: an unknown name fails here, naming the choices
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     model = load_model("builtin", device=a.device)
     enc = load_evalenc(WEIGHTS_DIR / "evalenc", a.device)
     gamma = float(model.info.get("default_guidance", 5.0) if a.guidance is None else a.guidance)

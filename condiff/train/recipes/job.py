@@ -43,7 +43,8 @@ from ..grow import GrowthError, grow_into
 from .balance import WeightedBatches, family_weights
 from .export import export_component, strip_prefix
 from .ldm_augment import active_ldm_augment, add_augment_data, check_ldm_augment
-from .latent import InpaintObjective, TextToImageObjective, builtin_unet_config, inpaint_bank, inpaint_unet_from
+from .latent import (InpaintObjective, TextToImageObjective, builtin_unet_config, encode_posteriors, inpaint_bank,
+                     inpaint_unet_from)
 from .world import WorldTensors, load_world
 
 __all__ = ["JobContext", "run_job", "main"]
@@ -241,14 +242,8 @@ def latent_bank(ctx: JobContext) -> dict:
     if "latents" in ctx.cache:
         return ctx.cache["latents"]
     vae, scale = _load_vae(ctx)
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(ctx.world), 256):
-            x = ctx.world.images[i:i + 256].to(ctx.device).float() / 127.5 - 1
-            post = vae.encode(x)
-            means.append(post.mean.half())
-            stds.append(post.std.half())
-    bank = {"mean": torch.cat(means), "std": torch.cat(stds), "scale": scale, "vae": vae}
+    mean, std = encode_posteriors(vae, ctx.world.images, ctx.device)
+    bank = {"mean": mean, "std": std, "scale": scale, "vae": vae}
     ctx.cache["latents"] = bank
     return bank
 

@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from ...denoisers import Cond, NetworkDenoiser
 from ...losses import DDPMEpsLoss
 from ...nn.unet import UNet, UNetConfig
-from .ldm_augment import choose_flipped
 
 __all__ = [
     "builtin_unet_config", "TextToImageObjective", "InpaintObjective", "inpaint_unet_from", "random_masks",
-    "inpaint_bank", "pick_context", "sample_latents", "MASK_MIXTURE", "SUBJECT_DILATION", "subject_masks",
+    "inpaint_bank", "pick_context", "sample_latents", "encode_posteriors", "choose_flipped", "MASK_MIXTURE",
+    "SUBJECT_DILATION", "subject_masks",
 ]
 
 
@@ -67,6 +67,28 @@ def pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Gene
     return torch.where(drop[:, None, None], empty.to(ctx.dtype).expand_as(ctx), ctx)
 
 
+@torch.no_grad()
+def encode_posteriors(vae: nn.Module, images: Tensor, device, *, mirror: bool = False,
+                      batch: int = 256) -> tuple[Tensor, Tensor]:
+    """VAE posterior mean and std (fp16) of uint8 ``images`` [N, 3, H, W], encoded in chunks of ``batch``;
+    ``mirror`` encodes them flipped left to right."""
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch].to(device).float() / 127.5 - 1
+        post = vae.encode(x.flip(-1) if mirror else x)
+        means.append(post.mean.half())
+        stds.append(post.std.half())
+    return torch.cat(means), torch.cat(stds)
+
+
+def choose_flipped(batch: dict, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The batch's latent posterior (mean, std), mirrored for flippable rows with probability ½."""
+    mean = batch["mean"]
+    use = (torch.rand(mean.shape[0], generator=g, device=g.device) < 0.5).to(mean.device) & batch["flippable"].bool()
+    pick = use[:, None, None, None]
+    return torch.where(pick, batch["mean_flip"], mean), torch.where(pick, batch["std_flip"], batch["std"])
+
+
 def sample_latents(mean: Tensor, std: Tensor, scale: float, g: torch.Generator) -> Tensor:
     eps = torch.randn(mean.shape, generator=g, device=g.device).to(mean.device)
     return (mean.float() + std.float() * eps) * scale
@@ -74,8 +96,8 @@ def sample_latents(mean: Tensor, std: Tensor, scale: float, g: torch.Generator) 
 
 class TextToImageObjective:
     """Batch dict: mean, std (latent posterior), ctx (caption contexts [B, K, L, D]); with ``flip`` also
-    mean_flip, std_flip, flippable, and with ``plain_bank`` ([C, L, D]) concept (ids) —
-    :mod:`.ldm_augment`."""
+    mean_flip, std_flip, flippable (:func:`choose_flipped`), and with ``plain_bank`` ([C, L, D]) concept
+    (ids) — :mod:`.ldm_augment`."""
 
     def __init__(self, denoiser: NetworkDenoiser, schedule, empty_context: Tensor, scaling_factor: float,
                  p_uncond: float = 0.1, *, flip: bool = False, plain_bank: Tensor | None = None,

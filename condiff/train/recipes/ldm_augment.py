@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["parse_ldm_augment", "check_ldm_augment", "active_ldm_augment", "flipped_latents", "concept_contexts",
-           "choose_flipped", "add_augment_data"]
+from .latent import encode_posteriors
+
+__all__ = ["parse_ldm_augment", "check_ldm_augment", "active_ldm_augment", "concept_contexts", "add_augment_data"]
 
 
 def parse_ldm_augment(text: str) -> dict:
@@ -62,29 +63,9 @@ def active_ldm_augment(aug: dict) -> dict:
 
 
 @torch.no_grad()
-def flipped_latents(vae, images: Tensor, device, batch: int = 256) -> tuple[Tensor, Tensor]:
-    """Posterior mean and std (fp16) of the horizontally mirrored uint8 ``images`` [N, 3, H, W]."""
-    means, stds = [], []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(device).float().flip(-1) / 127.5 - 1
-        post = vae.encode(x)
-        means.append(post.mean.half())
-        stds.append(post.std.half())
-    return torch.cat(means), torch.cat(stds)
-
-
-@torch.no_grad()
 def concept_contexts(encoder, prompts: list[str], batch: int = 1024) -> Tensor:
     """Token contexts [C, L, D] (fp16) of the concepts' plain prompts."""
     return torch.cat([encoder(prompts[i:i + batch])[0].half() for i in range(0, len(prompts), batch)])
-
-
-def choose_flipped(batch: dict, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The batch's latent posterior (mean, std), mirrored for flippable rows with probability ½."""
-    mean = batch["mean"]
-    use = (torch.rand(mean.shape[0], generator=g, device=g.device) < 0.5).to(mean.device) & batch["flippable"].bool()
-    pick = use[:, None, None, None]
-    return torch.where(pick, batch["mean_flip"], mean), torch.where(pick, batch["std_flip"], batch["std"])
 
 
 def add_augment_data(data: dict, aug: dict, world, train: Tensor, vae, device) -> Tensor | None:
@@ -92,7 +73,7 @@ def add_augment_data(data: dict, aug: dict, world, train: Tensor, vae, device) -
     mirrored latents and the flippable flags for ``flip``, concept ids for ``plain``. Returns the plain
     prompts' contexts [C, L, D] for ``plain``, else None."""
     if aug.get("flip"):
-        data["mean_flip"], data["std_flip"] = flipped_latents(vae, world.images[train], device)
+        data["mean_flip"], data["std_flip"] = encode_posteriors(vae, world.images[train], device, mirror=True)
         data["flippable"] = world.flippable[train].to(device)
     if not aug.get("plain"):
         return None
