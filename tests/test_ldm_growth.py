@@ -119,12 +119,12 @@ def world_dir(tmp_path_factory):
     return folder
 
 
-def test_job_grows_a_shallow_ldm_trains_it_balanced_and_ships_it_int8(world_dir, tmp_path, capsys):
+def test_job_grows_a_shallow_ldm_trains_it_balanced_with_dropout_and_ships_it_int8(world_dir, tmp_path, capsys):
     run_job(world_dir, tmp_path / "a", ["vae", "ldm"], small=True, device="cpu", ldm_decoder_depth=1, int8=())
     shallow = tmp_path / "a" / "weights"
     assert "weights" not in read_config(shallow / "ldm")  # fp16 when asked
     log = run_job(world_dir, tmp_path / "b", ["ldm"], small=True, device="cpu", init=shallow, ldm_decoder_depth=2,
-                  balance={"ldm": 0.5})  # int8 by default
+                  balance={"ldm": 0.5}, dropout={"ldm": 0.1})  # int8 by default
     assert "grown by" in capsys.readouterr().out
     assert log["ldm"]["balance_alpha"] == 0.5
     folder = tmp_path / "b" / "weights" / "ldm"
@@ -133,20 +133,38 @@ def test_job_grows_a_shallow_ldm_trains_it_balanced_and_ships_it_int8(world_dir,
     net = UNet(UNetConfig.from_dict(conf["network"]))
     net.load_state_dict(load_state(folder))  # int8 shards dequantize into the deeper network
     assert len(net.up_blocks[0].attentions[0].transformer_blocks) == 2
+    assert conf["network"]["dropout"] == 0.1  # recorded as trained
     shutil.copytree(shallow / "vae", tmp_path / "b" / "weights" / "vae")
     run_job(world_dir, tmp_path / "c", ["ldm"], small=True, device="cpu", init=tmp_path / "b" / "weights")
     assert "grown by" not in capsys.readouterr().out  # no depth given: the --init component's (2) is kept
-    assert read_config(tmp_path / "c" / "weights" / "ldm")["network"] == conf["network"]
+    # dropout belongs to a run, not to the weights: a continuation without --dropout trains without it
+    assert read_config(tmp_path / "c" / "weights" / "ldm")["network"] == {**conf["network"], "dropout": 0.0}
     stored = {p.name: p.stat().st_size for p in folder.glob("*.safetensors")}
     fp16 = sum(v.numel() * 2 for v in net.state_dict().values())
     assert sum(stored.values()) < 0.6 * fp16
     card = json.loads((folder / "card.json").read_text())["card"]
-    assert "family-balanced" in card["summary"] and "int8" in card["summary"]
+    assert "family-balanced" in card["summary"] and "int8" in card["summary"] and "dropout 0.1" in card["summary"]
+
+
+def test_dropout_is_active_in_training_and_ignored_in_inference():
+    torch.manual_seed(0)
+    net = UNet(builtin_unet_config(decoder_depth=1, dropout=0.3))
+    x, t, c = torch.randn(1, 4, 32, 32), torch.tensor([500.0]), Cond(context=torch.randn(1, 3, 384))
+    with torch.no_grad():
+        net.train()
+        assert not torch.equal(net(x, t, c), net(x, t, c))  # a fresh mask each call
+        net.eval()
+        assert torch.equal(net(x, t, c), net(x, t, c))
+        plain = UNet(builtin_unet_config(decoder_depth=1)).eval()
+        plain.load_state_dict(net.state_dict())  # no parameters of its own: the same weights, the same output
+        assert torch.equal(plain(x, t, c), net(x, t, c))
 
 
 @pytest.mark.parametrize("args, message", [
     (["--balance", "vae=0.5"], "use ldm or inpaint"), (["--balance", "ldm=2"], r"\[0, 1\]"),
     (["--int8", "evalenc"], "use ldm or inpaint"), (["--ldm-decoder-depth", "0"], "at least 1"),
+    (["--dropout", "vae=0.1"], "use ldm or inpaint"), (["--dropout", "ldm=1"], r"\[0, 1\)"),
+    (["--dropout", "ldm=x"], "--dropout"),
 ])
 def test_bad_growth_balance_and_int8_options_are_refused(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):

@@ -135,6 +135,17 @@ def test_merge_components_refuses_other_architectures_existing_outputs_and_in_pl
         merge_components([a, b], tmp_path / "out3", dtype="bf8")
 
 
+def test_merge_components_accepts_sources_trained_with_other_dropout(tmp_path):
+    """Dropout has no parameters: a copy trained with --dropout averages with one trained without it."""
+    a = _folder(tmp_path / "a", 0, config={**CONFIG, "network": {"width": 8, "dropout": 0.0}})
+    b = _folder(tmp_path / "b", 1, config={**CONFIG, "network": {"width": 8, "dropout": 0.1}})
+    merge_components([a, b], tmp_path / "out")
+    assert read_config(tmp_path / "out")["network"] == {"width": 8, "dropout": 0.0}  # the first source's
+    c = _folder(tmp_path / "c", 2, config={**CONFIG, "network": {"width": 16, "dropout": 0.1}})
+    with pytest.raises(MergeError, match="differs"):
+        merge_components([b, c], tmp_path / "out2")
+
+
 def test_cli_merge_of_two_copies_of_a_unet_is_that_unet(tmp_path):
     """Averaging two copies of one network gives that network back; the CLI writes it and names its sources."""
     cfg = UNetConfig(in_channels=4, out_channels=4, block_out_channels=(32, 32), attention_levels=(False, True),

@@ -25,6 +25,15 @@ __all__ = ["merge_states", "merge_components", "MergeError"]
 
 #: config keys that describe the files or the provenance, not the network: they may differ between sources
 _NOT_ARCHITECTURE = {"files", "weights", "merged_from"}
+#: network-config keys of training-time behaviour with no parameters (the merged config keeps the first source's)
+_TRAINING_ONLY = {"dropout"}
+
+
+def _architecture(config: dict) -> dict:
+    arch = {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
+    if isinstance(arch.get("network"), dict):
+        arch["network"] = {k: v for k, v in arch["network"].items() if k not in _TRAINING_ONLY}
+    return arch
 
 
 class MergeError(ValueError):
@@ -113,7 +122,7 @@ def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Se
             configs.append(read_config(s))
         except (OSError, WeightsError, json.JSONDecodeError) as err:
             raise MergeError(f"cannot read the component folder {s}: {err}") from None
-    arch = [{k: v for k, v in c.items() if k not in _NOT_ARCHITECTURE} for c in configs]
+    arch = [_architecture(c) for c in configs]
     for s, a in zip(sources[1:], arch[1:]):
         if a != arch[0]:
             keys = sorted(k for k in set(a) | set(arch[0]) if a.get(k) != arch[0].get(k))

@@ -42,6 +42,7 @@ from .evalenc import EvalEncoderObjective, retrieval_accuracy
 from ..grow import GrowthError, grow_into
 from .balance import WeightedBatches, family_weights
 from .export import export_component, strip_prefix
+from .job_options import PARALLEL_STAGES, check_job_options, check_parallel_order
 from .ldm_augment import active_ldm_augment, add_augment_data, check_ldm_augment
 from .latent import (InpaintObjective, TextToImageObjective, builtin_unet_config, encode_posteriors, inpaint_bank,
                      inpaint_unet_from)
@@ -61,8 +62,6 @@ EVALENC_CHANNELS = (48, 96, 192, 384)
 LDM_DECODER_DEPTH = 3
 #: stages whose component ships int8 with per-channel scales by default (``--int8``)
 INT8_STAGES = ("ldm",)
-#: stages that train data-parallel under torchrun; the others run on rank 0 only
-PARALLEL_STAGES = ("vae", "evalenc", "ldm", "classifier", "inpaint")
 
 
 @dataclass
@@ -94,6 +93,8 @@ class JobContext:
     int8: frozenset = frozenset(INT8_STAGES)
     #: augmentation of the ldm stage (:mod:`.ldm_augment`): {"flip": True, "plain": p}
     ldm_augment: dict = field(default_factory=dict)
+    #: per-stage dropout probability of the U-Net's residual and transformer blocks while training (``--dropout``)
+    dropout: dict = field(default_factory=dict)
 
     def decoder_depth(self, component: str) -> int:
         """``ldm_decoder_depth`` if given, else that of ``component`` where there is one, else the default."""
@@ -298,6 +299,8 @@ def _ship_note(ctx: JobContext, stage: str) -> str:
     notes = []
     if ctx.balance.get(stage):
         notes.append(f"pictures sampled family-balanced, weight n_family^-{ctx.balance[stage]}")
+    if ctx.dropout.get(stage):
+        notes.append(f"trained with dropout {ctx.dropout[stage]} in the residual and transformer blocks")
     if stage in ctx.int8:
         notes.append("shipped int8 with per-channel scales")
     if stage == "ldm" and ctx.ldm_augment:
@@ -306,7 +309,7 @@ def _ship_note(ctx: JobContext, stage: str) -> str:
 
 
 def stage_ldm(ctx: JobContext) -> None:
-    cfg = builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm"))
+    cfg = builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm"), dropout=ctx.dropout.get("ldm", 0.0))
     unet = UNet(cfg)
     _warm_start(ctx, "ldm", unet)
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
@@ -394,10 +397,11 @@ def _classifier_accuracy(clf, z0, labels, schedule) -> dict:
 def stage_inpaint(ctx: JobContext) -> None:
     schedule = DiscreteSchedule.named(SCHEDULE["name"], SCHEDULE["steps"])
     if ctx.has("inpaint") or ctx.has("ldm-inpaint"):
-        unet = UNet(builtin_unet_config(in_channels=9, decoder_depth=ctx.decoder_depth("ldm-inpaint")))
+        unet = UNet(builtin_unet_config(in_channels=9, decoder_depth=ctx.decoder_depth("ldm-inpaint"),
+                                        dropout=ctx.dropout.get("inpaint", 0.0)))
         _warm_start(ctx, "ldm-inpaint", unet)
     else:
-        base = UNet(builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm")))
+        base = UNet(builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm"), dropout=ctx.dropout.get("inpaint", 0.0)))
         _warm_start(ctx, "ldm", base, required=True)
         unet = inpaint_unet_from(base)
     den = _ldm_denoiser(unet, schedule)
@@ -507,11 +511,11 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
             ship: str | Path | None = None, overrides: dict[str, dict] | None = None, eval_prompts: int = 200,
             evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS, ldm_decoder_depth: int | None = None,
             balance: dict[str, float] | None = None, int8: tuple[str, ...] = INT8_STAGES,
-            ldm_augment: dict | None = None) -> dict:
+            ldm_augment: dict | None = None, dropout: dict[str, float] | None = None) -> dict:
     unknown = [s for s in stages if s not in RUNNERS]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(RUNNERS)}")
-    check_job_options(balance or {}, int8, ldm_decoder_depth)
+    check_job_options(balance or {}, int8, ldm_decoder_depth, dropout or {})
     check_ldm_augment(ldm_augment or {})
     dist = init_distributed(device)
     if dist.is_distributed:
@@ -533,6 +537,7 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
     ctx.balance = dict(balance or {})
     ctx.int8 = frozenset(int8)
     ctx.ldm_augment = active_ldm_augment(ldm_augment or {})
+    ctx.dropout = {k: float(v) for k, v in (dropout or {}).items() if v}
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for s in stages:
@@ -556,30 +561,6 @@ def run_job(world_dir: str | Path, out: str | Path, stages: list[str], *, minute
         (ctx.out / "job_log.json").write_text(json.dumps(ctx.log, indent=1, default=str))
     shutdown_distributed(dist)
     return ctx.log
-
-
-def check_job_options(balance: dict, int8, ldm_decoder_depth: int | None) -> None:
-    """ValueError naming the option for a bad ``--balance``, ``--int8`` or ``--ldm-decoder-depth``."""
-    if isinstance(int8, str) or not all(isinstance(s, str) for s in int8):
-        raise ValueError(f"--int8: expected a list of stage names, got {int8!r}")
-    for flag, names in (("--balance", balance), ("--int8", int8)):
-        bad = [s for s in names if s not in ("ldm", "inpaint")]
-        if bad:
-            raise ValueError(f"{flag}: stage(s) {bad} do not support it; use ldm or inpaint")
-    bad = {k: v for k, v in balance.items() if not 0.0 <= v <= 1.0}
-    if bad:
-        raise ValueError(f"--balance: exponents must lie in [0, 1] (0 = uniform), got {bad}")
-    if ldm_decoder_depth is not None and (not isinstance(ldm_decoder_depth, int) or ldm_decoder_depth < 1):
-        raise ValueError(f"--ldm-decoder-depth must be an integer of at least 1, got {ldm_decoder_depth!r}")
-
-
-def check_parallel_order(stages: list[str]) -> None:
-    """Under torchrun, single-process stages may only follow the data-parallel ones (ranks > 0 stop there)."""
-    last = max((i for i, s in enumerate(stages) if s in PARALLEL_STAGES), default=-1)
-    early = [s for s in stages[:last] if s not in PARALLEL_STAGES]
-    if early:
-        raise ValueError(f"under torchrun, stage(s) {early} run on rank 0 only and must come after the data-parallel "
-                         f"stages {list(PARALLEL_STAGES)}; reorder --stages or run them in a second job")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Command line of the built-in models' training job (``python -m condiff.train.recipes.job``).
 
 Parses the per-stage options (``--minutes``, ``--steps``, ``--lr``, ``--min-lr-ratio``, ``--batch``,
-``--seed``, ``--balance``, ``--ldm-augment``) into the dicts :func:`condiff.train.recipes.job.run_job` takes, with an error that
+``--seed``, ``--balance``, ``--dropout``, ``--ldm-augment``) into the dicts :func:`condiff.train.recipes.job.run_job` takes, with an error that
 names the option and the problem for every malformed value.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from .job import EVALENC_CHANNELS, INT8_STAGES, LDM_DECODER_DEPTH, RUNNERS, STAGES, check_job_options, run_job
+from .job import EVALENC_CHANNELS, INT8_STAGES, LDM_DECODER_DEPTH, RUNNERS, STAGES, run_job
 from .job import __doc__ as JOB_DOC
+from .job_options import check_job_options
 from .ldm_augment import parse_ldm_augment
 
 __all__ = ["main", "parse_overrides"]
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"component's, else {LDM_DECODER_DEPTH}; a shallower --init is grown)")
     p.add_argument("--balance", default="",
                    help="per-stage family-balance exponent in [0, 1] of the picture sampling, e.g. ldm=0.5")
+    p.add_argument("--dropout", default="",
+                   help="per-stage dropout probability of the U-Net's residual and transformer blocks while "
+                        "training (default 0), e.g. ldm=0.1")
     p.add_argument("--ldm-augment", default="",
                    help="augmentation of the ldm stage: flip (mirror flippable pictures, p=1/2) and/or plain=P "
                         "(caption replaced by the concept's plain prompt with probability P), e.g. flip,plain=0.2")
@@ -51,9 +55,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="stages whose component ships int8 with per-channel scales (default: ldm; '' for fp16)")
     a = p.parse_args(argv)
     balance = _per_stage(a.balance, "--balance", float)
+    dropout = _per_stage(a.dropout, "--dropout", float)
     int8 = tuple(s for s in a.int8.split(",") if s)
     try:
-        check_job_options(balance, int8, a.ldm_decoder_depth)
+        check_job_options(balance, int8, a.ldm_decoder_depth, dropout)
         augment = parse_ldm_augment(a.ldm_augment)
     except ValueError as err:
         raise SystemExit(str(err)) from None
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     run_job(a.world, a.out, stages, minutes=_per_stage(a.minutes, "--minutes", float), init=a.init, small=a.small,
             device=a.device, ship=a.ship, overrides=parse_overrides(a.steps, a.lr, a.min_lr_ratio, a.batch, a.seed),
             eval_prompts=a.eval_prompts, evalenc_channels=channels, ldm_decoder_depth=a.ldm_decoder_depth,
-            balance=balance, int8=int8, ldm_augment=augment)
+            balance=balance, int8=int8, ldm_augment=augment, dropout=dropout)
 
 
 def _per_stage(text: str, flag: str, cast) -> dict:

@@ -32,14 +32,16 @@ __all__ = [
 ]
 
 
-def builtin_unet_config(in_channels: int = 4, decoder_depth: int = 3) -> UNetConfig:
+def builtin_unet_config(in_channels: int = 4, decoder_depth: int = 3, dropout: float = 0.0) -> UNetConfig:
     """The built-in U-Net: attention at 16² and 8² latents, 16.3 M parameters as shipped.
 
     ``decoder_depth`` stacks that many transformer blocks in each of the expansive path's spatial
     transformers (``reverse_transformer_layers_per_block``); the contracting path, which a ControlNet
     copies, does not depend on it. The shipped ``ldm`` has 3 (since session 7, grown from a depth-1
     network by :func:`condiff.train.grow.grow_into`); depth 1 is the 11.5 M-parameter network the
-    shipped ``ldm-inpaint`` and the ControlNets' encoders were trained from.
+    shipped ``ldm-inpaint`` and the ControlNets' encoders were trained from. ``dropout`` is the training-time
+    dropout probability of the residual and transformer blocks (Ho et al. 2020 use 0.1 on CIFAR-10); it has no
+    parameters, so any value loads any weights, and inference (``eval()``) ignores it.
     """
     if decoder_depth < 1:
         raise ValueError(f"decoder_depth must be at least 1, got {decoder_depth}")
@@ -47,7 +49,7 @@ def builtin_unet_config(in_channels: int = 4, decoder_depth: int = 3) -> UNetCon
     return UNetConfig(
         in_channels=in_channels, out_channels=4, sample_size=32, block_out_channels=(64, 128, 192),
         attention_levels=attention, layers_per_block=1, num_attention_heads=(1, 2, 3),
-        cross_attention_dim=384, use_linear_projection=True,
+        cross_attention_dim=384, use_linear_projection=True, dropout=float(dropout),
         reverse_transformer_layers_per_block=None if decoder_depth == 1 else tuple(
             decoder_depth if a else 1 for a in reversed(attention)),
     )
