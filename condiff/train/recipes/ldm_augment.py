@@ -15,6 +15,8 @@ remedies, both off by default:
 Measured (session 8, docs/training_log.md): continuing the shipped ``ldm`` 2400 steps with ``flip,plain=0.2``
 scored *worse* than the same continuation without it (−3.5 points of top-5 adherence on 934 held-out prompts,
 95 % interval [−5.4, −1.7]; −0.5 [−2.3, +1.2] on the 1000 reported ones), so it is not part of the recipe.
+Session 9 ran ``flip`` alone: −2.7 points [−4.5, −0.9] on the 934 prompts, so the mirroring is what hurts (the
+evaluation encoder, trained on pictures as drawn, ranks mirrored emoji lower).
 """
 
 from __future__ import annotations
