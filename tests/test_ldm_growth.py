@@ -133,12 +133,18 @@ def test_job_grows_a_shallow_ldm_trains_it_balanced_with_dropout_and_ships_it_in
     net = UNet(UNetConfig.from_dict(conf["network"]))
     net.load_state_dict(load_state(folder))  # int8 shards dequantize into the deeper network
     assert len(net.up_blocks[0].attentions[0].transformer_blocks) == 2
-    assert conf["network"]["dropout"] == 0.1  # recorded as trained
+    assert log["ldm"]["dropout"] == 0.1  # the run trained with it ...
+    assert conf["network"]["dropout"] == 0.0  # ... but the weights do not carry it to ControlNets or fine-tunes
     shutil.copytree(shallow / "vae", tmp_path / "b" / "weights" / "vae")
     run_job(world_dir, tmp_path / "c", ["ldm"], small=True, device="cpu", init=tmp_path / "b" / "weights")
     assert "grown by" not in capsys.readouterr().out  # no depth given: the --init component's (2) is kept
-    # dropout belongs to a run, not to the weights: a continuation without --dropout trains without it
-    assert read_config(tmp_path / "c" / "weights" / "ldm")["network"] == {**conf["network"], "dropout": 0.0}
+    assert read_config(tmp_path / "c" / "weights" / "ldm")["network"] == conf["network"]
+    log = run_job(world_dir, tmp_path / "d", ["inpaint"], small=True, device="cpu", init=tmp_path / "b" / "weights",
+                  dropout={"inpaint": 0.2}, overrides={"inpaint": {"steps": 3}})
+    assert log["inpaint"]["dropout"] == 0.2 and log["inpaint"]["balance_alpha"] == 0.0
+    inpaint = tmp_path / "d" / "weights" / "ldm-inpaint"
+    assert read_config(inpaint)["network"]["dropout"] == 0.0
+    assert "dropout 0.2" in json.loads((inpaint / "card.json").read_text())["card"]["summary"]
     stored = {p.name: p.stat().st_size for p in folder.glob("*.safetensors")}
     fp16 = sum(v.numel() * 2 for v in net.state_dict().values())
     assert sum(stored.values()) < 0.6 * fp16
@@ -166,7 +172,7 @@ def test_dropout_is_active_in_training_and_ignored_in_inference():
     (["--dropout", "vae=0.1"], "use ldm or inpaint"), (["--dropout", "ldm=1"], r"\[0, 1\)"),
     (["--dropout", "ldm=x"], "--dropout"),
 ])
-def test_bad_growth_balance_and_int8_options_are_refused(args, message, tmp_path):
+def test_bad_growth_balance_int8_and_dropout_options_are_refused(args, message, tmp_path):
     with pytest.raises(SystemExit, match=message):
         job_main(["--world", str(tmp_path), "--out", str(tmp_path / "o"), *args])
 
@@ -176,3 +182,5 @@ def test_run_job_checks_its_options_before_any_stage(tmp_path):
         run_job(tmp_path, tmp_path / "o", ["ldm"], int8="ldm")
     with pytest.raises(ValueError, match="use ldm or inpaint"):
         run_job(tmp_path, tmp_path / "o", ["ldm"], balance={"vae": 0.5})
+    with pytest.raises(ValueError, match="--dropout: probabilities"):
+        run_job(tmp_path, tmp_path / "o", ["ldm"], dropout={"ldm": "0.1"})

@@ -136,14 +136,19 @@ def test_merge_components_refuses_other_architectures_existing_outputs_and_in_pl
 
 
 def test_merge_components_accepts_sources_trained_with_other_dropout(tmp_path):
-    """Dropout has no parameters: a copy trained with --dropout averages with one trained without it."""
-    a = _folder(tmp_path / "a", 0, config={**CONFIG, "network": {"width": 8, "dropout": 0.0}})
-    b = _folder(tmp_path / "b", 1, config={**CONFIG, "network": {"width": 8, "dropout": 0.1}})
+    """Dropout has no parameters: copies trained with and without it average, and the average (trained by no run)
+    is written without it, in nested configs (a ControlNet's ``unet``) too."""
+    a = _folder(tmp_path / "a", 0, config={**CONFIG, "network": {"width": 8, "dropout": 0.1}})
+    b = _folder(tmp_path / "b", 1, config={**CONFIG, "network": {"width": 8, "dropout": 0.0}})
     merge_components([a, b], tmp_path / "out")
-    assert read_config(tmp_path / "out")["network"] == {"width": 8, "dropout": 0.0}  # the first source's
+    assert read_config(tmp_path / "out")["network"] == {"width": 8, "dropout": 0.0}
     c = _folder(tmp_path / "c", 2, config={**CONFIG, "network": {"width": 16, "dropout": 0.1}})
     with pytest.raises(MergeError, match="differs"):
-        merge_components([b, c], tmp_path / "out2")
+        merge_components([a, c], tmp_path / "out2")
+    nested = [_folder(tmp_path / f"cn{i}", i, config={**CONFIG, "network": {"unet": {"width": 8, "dropout": p}}})
+              for i, p in ((0, 0.1), (1, 0.0))]
+    merge_components(nested, tmp_path / "out3")
+    assert read_config(tmp_path / "out3")["network"] == {"unet": {"width": 8, "dropout": 0.0}}
 
 
 def test_cli_merge_of_two_copies_of_a_unet_is_that_unet(tmp_path):

@@ -25,14 +25,29 @@ __all__ = ["merge_states", "merge_components", "MergeError"]
 
 #: config keys that describe the files or the provenance, not the network: they may differ between sources
 _NOT_ARCHITECTURE = {"files", "weights", "merged_from"}
-#: network-config keys of training-time behaviour with no parameters (the merged config keeps the first source's)
+#: network-config keys of training-time behaviour with no parameters: ignored when comparing, 0 in the output
 _TRAINING_ONLY = {"dropout"}
+
+
+def _without_training_only(network, value=None):
+    """A network config (nested ones too, e.g. a ControlNet's ``unet``) with the training-only keys removed, or
+    set to ``value`` where they were present."""
+    if not isinstance(network, dict):
+        return network
+    out = {}
+    for k, v in network.items():
+        if k in _TRAINING_ONLY:
+            if value is not None:
+                out[k] = value
+        else:
+            out[k] = _without_training_only(v, value)
+    return out
 
 
 def _architecture(config: dict) -> dict:
     arch = {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
-    if isinstance(arch.get("network"), dict):
-        arch["network"] = {k: v for k, v in arch["network"].items() if k not in _TRAINING_ONLY}
+    if "network" in arch:
+        arch["network"] = _without_training_only(arch["network"])
     return arch
 
 
@@ -139,6 +154,8 @@ def merge_components(sources: Sequence[str | Path], out: str | Path, weights: Se
         raise MergeError(f"cannot read the weights of a source: {err}") from None
     state = merge_states(states, w)
     config = {k: v for k, v in configs[0].items() if k not in _NOT_ARCHITECTURE}
+    if "network" in config:  # the average was trained by none of the sources' runs: no training-time dropout
+        config["network"] = _without_training_only(config["network"], 0.0)
     config["merged_from"] = [{"source": str(s), "weight": round(x, 6)} for s, x in zip(sources, w)]
     if dtype == "int8":
         config["weights"] = "int8, one scale per output channel (condiff.models.weights.quantize_int8)"

@@ -1,5 +1,6 @@
 # Session 9, call 2 (4 GPUs): the shipped `ldm` (B) continued with one more context token, the masked mean of the
-# MiniLM token embeddings (device-only prototype .device/s9/pooled_proto.py, switched on by CONDIFF_POOLED_TOKEN=1),
+# MiniLM token embeddings (device-only prototype .device/s9/pooled_proto.py, kept as docs/training/s9_pooled_proto.py;
+# switched on by CONDIFF_POOLED_TOKEN=1),
 # in two arms of 2 GPUs each, 2400 steps at batch 512, lr 2e-4 -> 1e-5 (the schedule of session 8's control G):
 #   P (GPUs 0,1): seed 0          Q (GPUs 2,3): --seed ldm=1
 # then adherence on the reported 1000 held-out prompts and on the other 934 (--offset 1000) for both.

@@ -1,5 +1,6 @@
 # Session 9, call 3 (4 GPUs): a six-way weight average of the shipped `ldm` (B) and five of its continuations (session 7 C,
-# session 8 E1, E2, G, session 9 D; `condiff models merge`, equal weights, int8), carried as .device/s9/soup.
+# session 8 E1, E2, G, session 9 D; `condiff models merge`, equal weights, int8), carried as .device/s9/soup; made on the
+# CPU with: python -m condiff.cli models merge condiff/weights/ldm C/ldm E1/ldm E2/ldm G/ldm D/ldm --out .device/s9/soup
 # Adherence at γ 5 and 7.5 on the reported 1000 held-out prompts and on the other 934 (--offset 1000).
 set -u
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }

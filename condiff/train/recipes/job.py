@@ -10,7 +10,7 @@ components (how a run continues on a fresh GPU machine: the optimiser state is t
 back, the shipped fp16 or int8 weights are; int8 ones continue from their dequantized values).
 ``--small`` shrinks everything for a CPU smoke test.
 
-Started by ``torchrun --nproc-per-node N``, the stages of :data:`PARALLEL_STAGES` train data-parallel
+Started by ``torchrun --nproc-per-node N``, the stages of :data:`.job_options.PARALLEL_STAGES` train data-parallel
 (the global batch, ``--batch``, is split over the N processes; :mod:`condiff.train.distributed`) and
 rank 0 alone exports; the other stages (evaluate, ControlNets, cascade, unCLIP) then run on rank 0
 only, so they must come after the data-parallel ones.
@@ -308,6 +308,12 @@ def _ship_note(ctx: JobContext, stage: str) -> str:
     return "".join(f" {n[0].upper()}{n[1:]}." for n in notes)
 
 
+def _inference_config(cfg: UNetConfig) -> dict:
+    """The exported network config: ``--dropout`` belongs to the run (log and card), not to the weights, so that
+    ControlNets copied from them and fine-tunes of them (DreamBooth, LoRA) do not inherit it unasked."""
+    return replace(cfg, dropout=0.0).to_dict()
+
+
 def stage_ldm(ctx: JobContext) -> None:
     cfg = builtin_unet_config(decoder_depth=ctx.decoder_depth("ldm"), dropout=ctx.dropout.get("ldm", 0.0))
     unet = UNet(cfg)
@@ -326,9 +332,10 @@ def stage_ldm(ctx: JobContext) -> None:
         return
     info["balance_alpha"] = ctx.balance.get("ldm", 0.0)
     info["augment"] = dict(aug)
+    info["dropout"] = cfg.dropout
     ctx.log["ldm"] = info
     _sample_grid(ctx, unet, lat, schedule)
-    export_component(unet, ctx.weights / "ldm", kind="unet", network_config=cfg.to_dict(), extra=_unet_extra(),
+    export_component(unet, ctx.weights / "ldm", kind="unet", network_config=_inference_config(cfg), extra=_unet_extra(),
                      dtype=ctx.export_dtype("ldm"),
                      card=model_card(ctx, "ldm", info, count_parameters(unet), {}, "Built-in text-to-image latent U-Net",
                                 "ε-prediction on 32×32×4 latents, MiniLM cross-attention, 10 % caption dropout, EMA."
@@ -418,8 +425,9 @@ def stage_inpaint(ctx: JobContext) -> None:
     if not ctx.is_main:
         return
     info["balance_alpha"] = ctx.balance.get("inpaint", 0.0)
+    info["dropout"] = unet.config.dropout
     ctx.log["inpaint"] = info
-    export_component(unet, ctx.weights / "ldm-inpaint", kind="inpaint-unet", network_config=unet.config.to_dict(),
+    export_component(unet, ctx.weights / "ldm-inpaint", kind="inpaint-unet", network_config=_inference_config(unet.config),
                      extra=_unet_extra(), dtype=ctx.export_dtype("inpaint"),
                      card=model_card(ctx, "inpaint", info, count_parameters(unet), {}, "Built-in inpainting latent U-Net",
                                 "9 input channels (latent + mask + masked-image latent), fine-tuned from `ldm` "

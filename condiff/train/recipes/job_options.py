@@ -24,10 +24,10 @@ def check_job_options(balance: dict, int8, ldm_decoder_depth: int | None, dropou
         bad = [s for s in names if s not in UNET_STAGES]
         if bad:
             raise ValueError(f"{flag}: stage(s) {bad} do not support it; use {' or '.join(UNET_STAGES)}")
-    bad = {k: v for k, v in balance.items() if not 0.0 <= v <= 1.0}
+    bad = {k: v for k, v in balance.items() if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0}
     if bad:
         raise ValueError(f"--balance: exponents must lie in [0, 1] (0 = uniform), got {bad}")
-    bad = {k: v for k, v in dropout.items() if not 0.0 <= v < 1.0}
+    bad = {k: v for k, v in dropout.items() if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0}
     if bad:
         raise ValueError(f"--dropout: probabilities must lie in [0, 1) (0 = off; 0.1 is usual), got {bad}")
     if ldm_decoder_depth is not None and (not isinstance(ldm_decoder_depth, int) or ldm_decoder_depth < 1):
