@@ -11,10 +11,12 @@ import torch
 
 from condiff.data.builder import build_world
 from condiff.data.sources import load_small_sets
+from condiff.nn.unet import UNet
 from condiff.train.recipes.evaluate import inpaint_eval_masks, subject_records
 from condiff.train.recipes.job import JobContext
 from condiff.train.recipes.job_options import check_job_options, check_parallel_order
 from condiff.train.recipes.job_cli import parse_overrides
+from condiff.train.recipes.latent import builtin_unet_config, inpaint_unet_from
 from condiff.train.recipes.world import load_world
 
 
@@ -116,9 +118,6 @@ def test_dropout_option_is_checked_and_reaches_the_inpainting_unet():
         check_job_options({}, (), None, {"inpaint": -0.1})
     with pytest.raises(ValueError, match="--dropout: stage"):
         check_job_options({}, (), None, {"evalenc": 0.1})
-    from condiff.nn.unet import UNet
-    from condiff.train.recipes.latent import builtin_unet_config, inpaint_unet_from
-
     inpaint = inpaint_unet_from(UNet(builtin_unet_config(decoder_depth=1, dropout=0.2)))
     assert inpaint.config.in_channels == 9 and inpaint.config.dropout == 0.2
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in inpaint.modules())
