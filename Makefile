@@ -8,7 +8,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	# torch 2.13.0 is the CPU build that lies on this disk; the unpinned name would pull CUDA.
 	$(VENV)/bin/pip install -q "torch==2.13.0"
-	$(VENV)/bin/pip install -q -e ".[data,text,test]"
+	$(VENV)/bin/pip install -q -e ".[data,text,serve,test]"
 	touch $(STAMP)
 
 .PHONY: venv demo test

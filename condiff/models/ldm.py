@@ -19,12 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from ..denoisers import Cond, NetworkDenoiser, DiscreteTime
+from ..errors import NonFiniteError
 from ..schedules import DiscreteSchedule
 
 __all__ = ["LatentDiffusion", "NonFiniteOutputError"]
 
 
-class NonFiniteOutputError(RuntimeError):
+class NonFiniteOutputError(NonFiniteError):
     """The model produced NaN/inf even in fp32 (e.g. a broken checkpoint or extreme guidance)."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ModelError
 from ..io import atomic_path, sha256_file
 
 __all__ = ["save_weights", "load_weights", "load_state", "read_config", "sha256_file", "WeightsError",
@@ -62,7 +63,7 @@ def dequantize_int8(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class WeightsError(ValueError):
+class WeightsError(ModelError):
     """A weight folder is missing, corrupted or does not fit the network."""
 
 
