@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from condiff.train.recipes.evaluate import adherence_by_training_count
+from condiff.evaluation.adherence import adherence_by_training_count
 
 
 def test_breakdown_splits_hits_by_training_count_and_counts_shared_misses():

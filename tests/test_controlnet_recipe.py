@@ -15,11 +15,10 @@ from condiff.pipelines.control import load_controlnet_folder
 from condiff.preprocess import canny, softedge
 from condiff.schedules import DiscreteSchedule
 from condiff.train.loop import TrainConfig, Trainer
-from condiff.train.recipes.controlnet import (
-    ControlNetObjective, condition_bank, controlnet_for, records_for, score_adherence, stage_controlnet,
-)
-from condiff.train.recipes.export import export_component
-from condiff.train.recipes.world import load_world
+from condiff.evaluation.control import AdherenceReport, condition_bank, records_for, score_adherence
+from condiff.evaluation.world import load_world
+from training.controlnet import ControlNetObjective, controlnet_for, stage_controlnet
+from training.export import export_component
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: see conftest.single_thread
@@ -120,7 +119,7 @@ def _tiny_base(folder):
 
 
 def test_stage_trains_evaluates_and_exports_an_int8_controlnet(world, tmp_path):
-    from condiff.train.recipes.job import JobContext
+    from training.job import JobContext
 
     _tiny_base(tmp_path / "init")
     ctx = JobContext(world, tmp_path / "out", torch.device("cpu"), small=True, init=tmp_path / "init")
@@ -144,7 +143,7 @@ def test_stage_trains_evaluates_and_exports_an_int8_controlnet(world, tmp_path):
 
 
 def test_stage_takes_the_job_overrides_of_steps_and_learning_rate(world, tmp_path):
-    from condiff.train.recipes.job import JobContext
+    from training.job import JobContext
 
     _tiny_base(tmp_path / "init")
     over = {"controlnet-canny": {"steps": 4, "lr": 3e-4, "min_lr_ratio": 0.0}}
@@ -155,7 +154,6 @@ def test_stage_takes_the_job_overrides_of_steps_and_learning_rate(world, tmp_pat
 
 
 def test_report_gives_the_paired_difference_over_conditions_where_both_are_defined():
-    from condiff.train.recipes.controlnet import AdherenceReport
 
     rep = AdherenceReport("depth", 5)
     rep.scores["depth AbsRel"] = {"controlnet": torch.tensor([0.1, 0.2, float("nan"), 0.3, 0.2]),

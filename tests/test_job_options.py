@@ -12,12 +12,12 @@ import torch
 from condiff.data.builder import build_world
 from condiff.data.sources import load_small_sets
 from condiff.nn.unet import UNet
-from condiff.train.recipes.evaluate import inpaint_eval_masks, subject_records
-from condiff.train.recipes.job import JobContext
-from condiff.train.recipes.job_options import check_job_options, check_parallel_order
-from condiff.train.recipes.job_cli import parse_overrides
-from condiff.train.recipes.latent import builtin_unet_config, inpaint_unet_from
-from condiff.train.recipes.world import load_world
+from condiff.evaluation.inpainting import inpaint_eval_masks, subject_records
+from training.job import JobContext
+from training.job_options import check_job_options, check_parallel_order
+from training.job_cli import parse_overrides
+from training.latent import builtin_unet_config, inpaint_unet_from
+from condiff.evaluation.world import load_world
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_torchrun_job_trains_data_parallel_and_rank_zero_alone_exports(world_dir
     """Two gloo processes on the CPU: one global batch split over them, one exported component."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "condiff.train.recipes.job", "--world", str(world_dir), "--out", str(tmp_path / "job"),
+           "-m", "training.job", "--world", str(world_dir), "--out", str(tmp_path / "job"),
            "--small", "--device", "cpu", "--stages", "vae", "--batch", "vae=4"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -121,3 +121,30 @@ def test_dropout_option_is_checked_and_reaches_the_inpainting_unet():
     inpaint = inpaint_unet_from(UNet(builtin_unet_config(decoder_depth=1, dropout=0.2)))
     assert inpaint.config.in_channels == 9 and inpaint.config.dropout == 0.2
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.2 for m in inpaint.modules())
+
+
+def test_condiff_train_job_runs_the_training_package(world_dir, tmp_path):
+    """`condiff train job` is the job's command line (the same options as ``python -m training.job``)."""
+    from typer.testing import CliRunner
+
+    from condiff import cli
+
+    cli._register_commands()
+    runner = CliRunner()
+    res = runner.invoke(cli.app, ["train", "job", "--world", str(world_dir), "--out", str(tmp_path / "job"), "--small",
+                                  "--device", "cpu", "--stages", "vae"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "job" / "weights" / "vae" / "config.json").exists()
+    card = json.loads((tmp_path / "job" / "weights" / "vae" / "card.json").read_text())["card"]
+    assert card["command"].startswith("condiff train job ")
+    assert "--balance" in runner.invoke(cli.app, ["train", "job", "--help"]).output
+
+
+def test_condiff_train_job_without_the_training_package_says_so(monkeypatch):
+    """An installed wheel has no ``training`` package: one clear error instead of a traceback."""
+    from condiff.commands.train import _training_job_main
+    from condiff.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "training.job_cli", None)  # as if the package were absent
+    with pytest.raises(InputError, match="source checkout"):
+        _training_job_main()

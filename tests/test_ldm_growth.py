@@ -12,10 +12,10 @@ from condiff.denoisers import Cond
 from condiff.models.weights import load_state, read_config
 from condiff.nn.unet import UNet, UNetConfig
 from condiff.train.grow import GrowthError, grow_into
-from condiff.train.recipes.balance import WeightedBatches, concept_family, family_weights
-from condiff.train.recipes.job import main as job_main
-from condiff.train.recipes.job import run_job
-from condiff.train.recipes.latent import builtin_unet_config
+from training.balance import WeightedBatches, concept_family, family_weights
+from training.job_cli import main as job_main
+from training.job import run_job
+from training.latent import builtin_unet_config
 
 TINY = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=16, norm_num_groups=8,
             sample_size=8, attention_levels=(True, True), num_attention_heads=2, use_linear_projection=True)

@@ -6,11 +6,12 @@ import torch
 from condiff.data.builder import build_world
 from condiff.data.sources import load_small_sets
 from condiff.nn.image_encoder import ImageEncoder, ImageEncoderConfig
-from condiff.train.recipes.evalenc import EvalEncoderObjective, augment
-from condiff.train.recipes.job import JobContext, _warm_start, main as job_main
-from condiff.train.recipes.export import export_component
-from condiff.train.recipes.latent import MASK_MIXTURE, SUBJECT_DILATION, random_masks
-from condiff.train.recipes.world import load_world
+from training.evalenc import EvalEncoderObjective, augment
+from training.job import JobContext, _warm_start
+from training.job_cli import main as job_main
+from training.export import export_component
+from training.latent import MASK_MIXTURE, SUBJECT_DILATION, random_masks
+from condiff.evaluation.world import load_world
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
-"""`condiff train …`: train the toy 2-D model, or run a training recipe (no maths here)."""
+"""`condiff train …`: train the toy 2-D model, run a training recipe, or run the built-in models' training job
+(the ``training`` package of a source checkout; no maths here)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
+
+from ..errors import InputError
 
 LOSS_HELP = "Objective: eps (DDPM, eq. 2.13), dsm (NCSN, eq. 2.6), v (v-prediction), edm (eq. 2.20, EDM weighting)."
 
@@ -62,6 +65,33 @@ def register(app: typer.Typer) -> None:
             shutdown_distributed(ctx)
         if ctx.is_main:
             _report(result)
+
+    @train.command("job", add_help_option=False,
+                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def job(ctx: typer.Context) -> None:
+        """Reproduce the built-in weights: the training job of the source checkout's `training` package (train and
+        export the stages in order; `condiff train job --help` lists its options; torchrun works too)."""
+        _training_job_main()(list(ctx.args), prog="condiff train job")
+
+
+def _training_job_main() -> Callable[..., None]:
+    """The job's command line (``training.job_cli.main``), importable only from a source checkout: the wheel ships
+    the library, not the recipes. The checkout's root is put on ``sys.path`` when the package lies beside
+    ``condiff/`` (the ``condiff`` script does not start in the repository)."""
+    import importlib
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    if (root / "training" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module("training.job_cli")
+    except ModuleNotFoundError as err:
+        if err.name not in ("training", "training.job_cli"):
+            raise
+        raise InputError("condiff train job needs the `training` package of a source checkout; run it from a clone "
+                         "of the condiff repository (the installed package holds the library only)") from None
+    return module.main
 
 
 def _report(result) -> None:

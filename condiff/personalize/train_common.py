@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ..denoisers import Cond
 from ..io import atomic_path
-from ..train.loop import LRSchedule
+from ..train.schedule import LRSchedule
 
 __all__ = [
     "DEFAULT_STEPS",
