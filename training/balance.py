@@ -2,8 +2,9 @@
 
 The built-in world is lopsided: the five skin-tone variants of people and gestures make 31 % of its
 pictures and nine procedural figure poses another 10 %, while most everyday objects have one picture
-per emoji style (3–5 in all). Session 6's breakdown of prompt adherence found the model right on the
-first two groups and wrong on the last. Sampling picture i with probability ∝ n_f(i)^(−α), where
+per emoji style (3–5 in all). The adherence breakdown by training count
+(:func:`condiff.evaluation.adherence.adherence_by_training_count`) finds the model right on the first two
+groups and wrong on the last. Sampling picture i with probability ∝ n_f(i)^(−α), where
 n_f is the number of training pictures of its concept *family* (the concept with its skin-tone
 qualifier removed: both ``artist-medium-dark-skin-tone`` and the short ``artist-medium-dark`` are ``artist``), moves weight from repeated families to rare ones: α = 0 is uniform, α = 1 gives every
 family the same share. (The same re-weighting by a power of the frequency as in Mikolov et al. 2013's

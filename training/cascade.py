@@ -1,7 +1,7 @@
 """Recipes: the cascade's 64×64 base and its SR3 64→128 stage (thesis 3.2.2, eq. 3.10), plus the
 stage helpers the unCLIP recipes share.
 
-Stage functions take the lead's :class:`~training.job.JobContext` and are time-boxed
+Stage functions take the job's :class:`~training.context.JobContext` and are time-boxed
 and step-capped like the job's own stages (``ctx.minutes[stage]`` overrides :data:`STAGE_DEFAULTS`;
 ``ctx.small`` runs 3 steps on batches of 4 for a CPU smoke test):
 
@@ -42,6 +42,7 @@ from condiff.schedules import DiscreteSchedule
 from condiff.train.loop import TrainConfig, Trainer
 from .context import model_card as job_card, text_banks
 from .export import export_component
+from .latent import pick_context
 
 __all__ = ["StageDefaults", "STAGE_DEFAULTS", "SCHEDULE", "fit_stage", "warm_start", "text_encoder", "load_evalenc",
            "evalenc_embeddings", "BaseObjective", "SRObjective", "SR_RESIDUAL_SCALE", "stage_cascade_base",
@@ -148,9 +149,7 @@ def _to_model_range(images_u8: Tensor, flippable: Tensor | None, g: torch.Genera
 
 
 def _pick_context(ctx_bank: Tensor, empty: Tensor, p_uncond: float, g: torch.Generator) -> Tensor:
-    from .latent import pick_context as pick  # the lead's caption-variant pick with CFG dropout
-
-    return pick(ctx_bank, empty, p_uncond, g)
+    return pick_context(ctx_bank, empty, p_uncond, g)
 
 
 def _card(ctx, stage: str, info: dict, params: int, metrics: dict, title: str, summary: str) -> dict:

@@ -52,7 +52,7 @@ class JobContext:
     ship: Path | None = None
     #: per-stage TrainConfig overrides from the command line, e.g. {"ldm": {"steps": 5000, "lr": 3e-4}}
     overrides: dict = field(default_factory=dict)
-    #: held-out caption prompts of the evaluate stage (the issue's bar asks for at least 200)
+    #: held-out caption prompts of the evaluate stage (the model cards quote 200 and 1000)
     eval_prompts: int = 200
     #: widths of the evalenc image tower's four stages
     evalenc_channels: tuple[int, ...] = EVALENC_CHANNELS

@@ -1,4 +1,4 @@
-"""Measure the built-in latent diffusion models for their model cards (issue bars of the built-in LDM).
+"""Measure the built-in latent diffusion models for their model cards.
 
 * **Prompt adherence**: for ``n_prompts`` held-out captions, the evaluation encoder
   (condiff-evalenc) ranks all concept prompts for each generated image; the share of images whose

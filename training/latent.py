@@ -37,8 +37,8 @@ def builtin_unet_config(in_channels: int = 4, decoder_depth: int = 3, dropout: f
 
     ``decoder_depth`` stacks that many transformer blocks in each of the expansive path's spatial
     transformers (``reverse_transformer_layers_per_block``); the contracting path, which a ControlNet
-    copies, does not depend on it. The shipped ``ldm`` has 3 (since session 7, grown from a depth-1
-    network by :func:`condiff.train.grow.grow_into`); depth 1 is the 11.5 M-parameter network the
+    copies, does not depend on it. The shipped ``ldm`` has 3 (grown from a depth-1 network by
+    :func:`condiff.train.grow.grow_into`); depth 1 is the 11.5 M-parameter network the
     shipped ``ldm-inpaint`` and the ControlNets' encoders were trained from. ``dropout`` is the training-time
     dropout probability of the residual and transformer blocks (Ho et al. 2020 use 0.1 on CIFAR-10); it has no
     parameters, so any value loads any weights, and inference (``eval()``) ignores it.

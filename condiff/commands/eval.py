@@ -17,6 +17,7 @@ from ._common import DEVICE_OPT, OVERWRITE_OPT
 
 WORLD_OPT = typer.Option(Path("build/world"), "--world",
                          help="A built world (condiff data build … --out build/world); its held-out records are used.")
+MASK_HELP = "box: the centre quarter of the picture; subject: the picture's own subject, dilated."
 OUT_OPT = typer.Option(None, "--out", help="JSON file to write the report to (never overwritten without --overwrite).")
 
 
@@ -174,9 +175,9 @@ def _register_image_edits(ev: typer.Typer) -> None:
     @ev.command("inpainting-paired")
     def inpainting_paired(
         world: Path = WORLD_OPT,
-        n: int = typer.Option(160, "--n", help="Held-out pictures."),
-        mask: str = typer.Option("box", "--mask", help="box: the centre quarter; subject: the picture's own subject, dilated."),
         guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance of both methods (default: the model's, 5)."),
+        n: int = typer.Option(160, "--n", help="Held-out pictures."),
+        mask: str = typer.Option("box", "--mask", help=MASK_HELP),
         batch: int = typer.Option(25, "--batch", help="Pictures inpainted at once."),
         device: Optional[str] = DEVICE_OPT,
         out: Optional[Path] = OUT_OPT,
@@ -200,7 +201,7 @@ def _register_image_edits(ev: typer.Typer) -> None:
     def seam(
         world: Path = WORLD_OPT,
         n: int = typer.Option(48, "--n", help="Held-out pictures."),
-        mask: str = typer.Option("subject", "--mask", help="box: the centre quarter; subject: the picture's own subject."),
+        mask: str = typer.Option("subject", "--mask", help=MASK_HELP),
         batch: int = typer.Option(16, "--batch", help="Pictures inpainted at once."),
         device: Optional[str] = DEVICE_OPT,
         out: Optional[Path] = OUT_OPT,

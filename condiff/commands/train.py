@@ -31,19 +31,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a small MLP diffusion model on a 2-D Gaussian mixture; report the sliced-W distance."""
         from condiff.toy import ToyConfig, run_toy
-        from condiff.train import init_distributed, shutdown_distributed
 
         config = ToyConfig(loss=loss, seed=seed)
         if steps is not None:
             config.steps = steps
         config.validate()
-        ctx = init_distributed(device)
-        try:
-            result = run_toy(config, out, resume=resume, overwrite=overwrite, progress=progress, dist=ctx)
-        finally:
-            shutdown_distributed(ctx)
-        if ctx.is_main:
-            _report(result)
+        _train(device, lambda ctx: run_toy(config, out, resume=resume, overwrite=overwrite, progress=progress, dist=ctx))
 
     @train.command("run")
     def run(
@@ -55,16 +48,10 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     ) -> None:
         """Run a training recipe, e.g. recipes/toy2d.toml."""
-        from condiff.train import init_distributed, load_recipe, run_recipe, shutdown_distributed
+        from condiff.train import load_recipe, run_recipe
 
         spec = load_recipe(recipe)
-        ctx = init_distributed(device)
-        try:
-            result = run_recipe(spec, out, resume=resume, overwrite=overwrite, progress=progress, dist=ctx)
-        finally:
-            shutdown_distributed(ctx)
-        if ctx.is_main:
-            _report(result)
+        _train(device, lambda ctx: run_recipe(spec, out, resume=resume, overwrite=overwrite, progress=progress, dist=ctx))
 
     @train.command("job", add_help_option=False,
                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -72,6 +59,19 @@ def register(app: typer.Typer) -> None:
         """Reproduce the built-in weights: the training job of the source checkout's `training` package (train and
         export the stages in order; `condiff train job --help` lists its options; torchrun works too)."""
         _training_job_main()(list(ctx.args), prog="condiff train job")
+
+
+def _train(device: Optional[str], train: Callable) -> None:
+    """Run ``train(dist_context)`` in this process's place of a torchrun job (or alone); rank 0 reports."""
+    from condiff.train import init_distributed, shutdown_distributed
+
+    ctx = init_distributed(device)
+    try:
+        result = train(ctx)
+    finally:
+        shutdown_distributed(ctx)
+    if ctx.is_main:
+        _report(result)
 
 
 def _training_job_main() -> Callable[..., None]:
