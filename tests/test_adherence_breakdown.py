@@ -1,4 +1,6 @@
-"""The evaluate stage's adherence breakdown by the concept's number of training pictures."""
+"""Prompt adherence by the concept's number of training pictures, and the `condiff eval` commands on the shipped model."""
+
+import json
 
 import pytest
 import torch
@@ -34,3 +36,63 @@ def test_breakdown_of_one_prompt_gives_a_rate_without_interval_and_custom_bucket
 def test_breakdown_refuses_mismatched_inputs():
     with pytest.raises(ValueError, match="equal-length 1-D"):
         adherence_by_training_count(torch.zeros(3), torch.zeros(2), torch.zeros(3))
+
+
+# --------------------------------------------------------------------------- `condiff eval` on the shipped model
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    from condiff.data.builder import build_world
+    from condiff.data.sources import load_small_sets
+
+    folder = tmp_path_factory.mktemp("world")
+    build_world(folder, load_small_sets(), small=True, workers=1, limit=24)
+    return folder
+
+
+def _eval(*args):
+    from typer.testing import CliRunner
+
+    from condiff import cli
+
+    cli._register_commands()
+    return CliRunner().invoke(cli.app, ["eval", *args])
+
+
+def test_eval_adherence_lists_prompts_that_eval_paired_compares(world_dir, tmp_path):
+    """`condiff eval adherence --list` on the shipped model: its report's figures agree with its own listing,
+    and a run compared with itself differs by exactly zero."""
+    from condiff.evaluation.world import load_world
+
+    n = min(2, len(load_world(world_dir).eval))
+    out = tmp_path / "a.json"
+    res = _eval("adherence", "--world", str(world_dir), "--n", str(n), "--steps", "2", "--batch", "2", "--list",
+                "--device", "cpu", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    listed = rep["prompts listed"]
+    assert rep["prompts"] == len(listed) == n and rep["steps"] == 2 and rep["guidance"] == 5.0
+    assert rep["adherence top5, generated"] == round(sum(p["rank generated"] < 5 for p in listed) / n, 4)
+    assert rep["adherence top5, real held-out pictures"] == round(sum(p["rank real"] < 5 for p in listed) / n, 4)
+    assert _eval("paired", str(out), str(out)).exit_code == 0
+    again = _eval("adherence", "--world", str(world_dir), "--n", str(n), "--out", str(out))
+    assert again.exit_code != 0 and "exists" in str(again.exception)  # refused before anything is measured
+
+
+def test_eval_adherence_refuses_more_prompts_than_held_out(world_dir):
+    res = _eval("adherence", "--world", str(world_dir), "--n", "100000", "--steps", "1")
+    assert res.exit_code != 0 and "held-out pictures" in str(res.exception)
+    res = _eval("adherence", "--world", str(world_dir), "--sampler", "no-such-sampler")
+    assert res.exit_code != 0
+
+
+def test_eval_controlnet_scale_reports_one_row_per_scale(world_dir, tmp_path):
+    res = _eval("controlnet-scale", "--world", str(world_dir), "--kinds", "canny", "--scales", "0,1", "--n", "2",
+                "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "c.json"))
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert [(r["kind"], r["scale"]) for r in rows] == [("canny", 0.0), ("canny", 1.0)]
+    # at scale 0 the ControlNet adds nothing: its outputs are the baseline's (same prompts and seeds)
+    assert rows[0]["edge F1 (controlnet)"] == rows[0]["edge F1 (baseline)"]
+    assert _eval("controlnet-scale", "--scales", "one").exit_code != 0

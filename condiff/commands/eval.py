@@ -65,6 +65,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(ev, name="eval")
     _register_adherence(ev)
     _register_image_edits(ev)
+    _register_inpainting(ev)
 
 
 def _register_adherence(ev: typer.Typer) -> None:
@@ -172,6 +173,8 @@ def _register_image_edits(ev: typer.Typer) -> None:
 
         _measure(out, overwrite, run)
 
+
+def _register_inpainting(ev: typer.Typer) -> None:
     @ev.command("inpainting-paired")
     def inpainting_paired(
         world: Path = WORLD_OPT,
