@@ -60,6 +60,7 @@ def _eval(*args):
     return CliRunner().invoke(cli.app, ["eval", *args])
 
 
+@pytest.mark.slow  # the shipped model on the CPU (46 s measured on the shared 2-core machine under load)
 def test_eval_adherence_lists_prompts_that_eval_paired_compares(world_dir, tmp_path):
     """`condiff eval adherence --list` on the shipped model: its report's figures agree with its own listing,
     and a run compared with itself differs by exactly zero."""
@@ -87,6 +88,7 @@ def test_eval_adherence_refuses_more_prompts_than_held_out(world_dir):
     assert res.exit_code != 0
 
 
+@pytest.mark.slow  # the shipped model and a ControlNet on the CPU (33 s measured under load)
 def test_eval_controlnet_scale_reports_one_row_per_scale(world_dir, tmp_path):
     res = _eval("controlnet-scale", "--world", str(world_dir), "--kinds", "canny", "--scales", "0,1", "--n", "2",
                 "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "c.json"))
