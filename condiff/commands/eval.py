@@ -175,6 +175,8 @@ def _register_image_edits(ev: typer.Typer) -> None:
 
 
 def _register_inpainting(ev: typer.Typer) -> None:
+    # The two signatures below look alike to a duplicate finder: Typer declares a command's options in its own
+    # signature; what they share is already the module's option constants (WORLD_OPT, OUT_OPT, MASK_HELP, …).
     @ev.command("inpainting-paired")
     def inpainting_paired(
         world: Path = WORLD_OPT,
