@@ -99,7 +99,10 @@ def run_recipe(
     progress: bool = True,
     dist: DistContext | None = None,
 ) -> Any:
-    """Run a recipe (a TOML path or its parsed dict); ``out_dir`` overrides the recipe's ``out``."""
+    """Run a recipe (a TOML path or its parsed dict); ``out_dir`` overrides the recipe's ``out``.
+
+    The keyword parameters are those of every recipe function (the contract in the module docstring), so
+    recipe functions such as :func:`condiff.toy.run_toy` repeat this signature on purpose."""
     if not isinstance(recipe, dict):
         recipe = load_recipe(recipe)
     fn = _resolve(recipe.get("kind", ""))
