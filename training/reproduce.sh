@@ -23,7 +23,12 @@ RUNS=${RUNS:-runs/reproduce}
 NPROC=${NPROC:-4}
 W=$RUNS/weights
 EXTRA=()
-[ "${SMALL:-0}" = 1 ] && EXTRA=(--small --device cpu) && NPROC=1
+if [ "${SMALL:-0}" = 1 ]; then  # later options win: every stage 3 steps at batch 4, whatever a run asks for
+  all=vae,evalenc,ldm,classifier,inpaint,cascade-base,cascade-sr,unclip-prior,unclip-decoder
+  all=$all,controlnet-canny,controlnet-lineart,controlnet-softedge,controlnet-depth,controlnet-normal,controlnet-pose
+  EXTRA=(--small --device cpu --steps "${all//,/=3,}=3" --batch "${all//,/=4,}=4")
+  NPROC=1
+fi
 BOX="--minutes vae=999,evalenc=999,ldm=999,classifier=999,inpaint=999,controlnet=999,cascade-base=999,cascade-sr=999,unclip-prior=999,unclip-decoder=999"
 
 if [ ! -f "$WORLD/manifest.json" ]; then
@@ -40,7 +45,7 @@ collect() {  # the components a run exported replace those in $W
 job() {  # job NAME JOB-OPTIONS…: one run of the training job; its exported components replace those in $W
   local name=$1; shift
   echo "== $name: $*"
-  condiff train job --world "$WORLD" --out "$RUNS/$name" --init "$W" $BOX "${EXTRA[@]}" "$@"
+  condiff train job --world "$WORLD" --out "$RUNS/$name" --init "$W" $BOX "$@" "${EXTRA[@]}"
   collect "$name"
 }
 
@@ -48,7 +53,7 @@ parallel_job() {  # the same under torchrun (data-parallel training stages; rank
   local name=$1; shift
   echo "== $name (torchrun, $NPROC processes): $*"
   torchrun --standalone --nproc-per-node "$NPROC" -m training.job --world "$WORLD" --out "$RUNS/$name" --init "$W" \
-    $BOX "${EXTRA[@]}" "$@"
+    $BOX "$@" "${EXTRA[@]}"
   collect "$name"
 }
 
