@@ -11,6 +11,7 @@
 #   RUNS   where each run writes its folder (default runs/reproduce); W=$RUNS/weights collects the components
 #   NPROC  processes of the data-parallel runs (default 4; the shipped `ldm` used 4 then 2 GPUs)
 #   SMALL  1 = `--small` (smoke test; the result is not a model)
+#   FROM   number of the first run to do (e.g. 07): resume after the runs before it finished into $W
 #
 # Each run warm-starts from the components collected so far (--init $W) and its exports replace them there, so
 # $W ends as the shipped set. The runs of the original sessions were time-boxed; here every stage runs its
@@ -42,8 +43,11 @@ collect() {  # the components a run exported replace those in $W
   if [ -d "$RUNS/$1/weights" ]; then cp -r "$RUNS/$1/weights/." "$W/"; fi
 }
 
+skip() { [[ "${1%%-*}" < "${FROM:-00}" ]]; }  # runs numbered below FROM are done already
+
 job() {  # job NAME JOB-OPTIONS…: one run of the training job; its exported components replace those in $W
   local name=$1; shift
+  skip "$name" && return
   echo "== $name: $*"
   condiff train job --world "$WORLD" --out "$RUNS/$name" --init "$W" $BOX "$@" "${EXTRA[@]}"
   collect "$name"
@@ -51,6 +55,7 @@ job() {  # job NAME JOB-OPTIONS…: one run of the training job; its exported co
 
 parallel_job() {  # the same under torchrun (data-parallel training stages; rank 0 exports)
   local name=$1; shift
+  skip "$name" && return
   echo "== $name (torchrun, $NPROC processes): $*"
   torchrun --standalone --nproc-per-node "$NPROC" -m training.job --world "$WORLD" --out "$RUNS/$name" --init "$W" \
     $BOX "$@" "${EXTRA[@]}"
@@ -60,7 +65,7 @@ parallel_job() {  # the same under torchrun (data-parallel training stages; rank
 # 1. autoencoder (f = 4) and the first evaluation encoder, frozen as unCLIP's image tower `unclip-embedder`
 job 01-vae --stages vae --steps vae=1300
 job 02-evalenc-first --stages evalenc --evalenc-channels 32,64,128,256 --steps evalenc=1350
-python -m training.unclip freeze-embedder --weights "$W" --no-point-unclip
+skip 02 || python -m training.unclip freeze-embedder --weights "$W" --no-point-unclip
 
 # 2. text-to-image U-Net at decoder depth 1: 15,250 steps at lr 4e-4 (the time boxes never let it decay)
 job 03-ldm --stages ldm --ldm-decoder-depth 1 --int8 '' --steps ldm=15250 --lr ldm=4e-4 --min-lr-ratio ldm=1
