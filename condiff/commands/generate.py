@@ -31,13 +31,14 @@ def generate(
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, provenance: bool = C.PROVENANCE_OPT,
     from_png: Path = typer.Option(None, "--from-png", help="Re-run the recipe stored in a PNG (condiff's or A1111's "
                                   "parameters); options typed on the command line override it."),
+    ctx: typer.Context = None,
 ) -> None:
     """Text to image."""
     from ..pipelines.text2img import generate as run
     from ..provenance.recipe import rerun_arguments
 
     prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance = rerun_arguments(
-        from_png, prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance)
+        ctx, from_png, prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance)
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
     applied = C.personalize(m, lora, embedding)

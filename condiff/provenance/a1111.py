@@ -49,9 +49,10 @@ _NEGATIVE = "Negative prompt:"
 
 
 def quote(value: Any) -> str:
-    """A field value as A1111 writes it: JSON-quoted when it holds ``,``, ``:`` or a newline."""
+    """A field value as A1111 writes it: JSON-quoted when it holds ``,``, ``:`` or a newline (and,
+    so that it reads back unambiguously, a ``"``)."""
     text = str(value)
-    if "," not in text and ":" not in text and "\n" not in text and not (text.startswith('"') and text.endswith('"')):
+    if not any(c in text for c in ',:\n"'):
         return text
     return json.dumps(text, ensure_ascii=False)
 

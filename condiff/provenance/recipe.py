@@ -48,20 +48,17 @@ def _lora_specs(params: dict[str, Any], path) -> list[str]:
     return specs
 
 
-def _given(name: str) -> bool:
-    """Whether option ``name`` of the running click command was typed on the command line."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
+def _given(ctx, name: str) -> bool:
+    """Whether option ``name`` of the running command (its typer/click context) was typed on the command line."""
     if ctx is None:
         return False
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
-def rerun_arguments(from_png, prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance):
+def rerun_arguments(ctx, from_png, prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance):
     """generate's (prompt, negative, guidance, steps, sampler, seed, model, lora, classifier guidance)
-    with the recipe of ``from_png`` filled in where the command line gave nothing."""
+    with the recipe of ``from_png`` filled in where the command line (``ctx``) gave nothing."""
     if from_png is None:
         if prompt is None:
             raise InputError("give a PROMPT, or --from-png FILE to re-run a picture's recipe")
@@ -76,7 +73,7 @@ def rerun_arguments(from_png, prompt, negative, guidance, steps, sampler, seed, 
     }
     cli = {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": steps, "sampler": sampler,
            "seed": seed, "model": model, "lora": lora, "style_guidance": style_guidance}
-    out = {k: cli[k] if (k == "prompt" and prompt is not None) or _given(k) else recipe[k] for k in cli}
+    out = {k: cli[k] if (k == "prompt" and prompt is not None) or _given(ctx, k) else recipe[k] for k in cli}
     if out["lora"] is None:
         out["lora"] = _lora_specs(p, from_png)
     return tuple(out[k] for k in cli)
