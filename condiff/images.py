@@ -280,10 +280,11 @@ def save_png(
 
 
 def png_bytes(image: Tensor | Image.Image, params: dict[str, Any] | None = None, *,
-              ingredients: list[str | os.PathLike] | None = None, provenance: bool | None = True) -> bytes:
+              ingredients: list | None = None, provenance: bool | None = True) -> bytes:
     """The PNG file :func:`save_png` writes, in memory: A1111 ``parameters`` + ``condiff`` JSON text
     chunks, and for a model's picture the invisible watermark and a signed C2PA manifest
-    (:func:`condiff.provenance.stamp.png_bytes`)."""
+    (:func:`condiff.provenance.stamp.png_bytes`). ``ingredients``: input pictures of an edit, each a
+    path, image bytes or (title, bytes)."""
     from .provenance.stamp import png_bytes as stamped
 
     return stamped(image, params, ingredients=ingredients, provenance=provenance)

@@ -25,7 +25,8 @@ runner = CliRunner()
 def local_key(tmp_path, monkeypatch):
     """An isolated config folder with a fresh local key (and none of the user's settings)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    for var in ("CONDIFF_C2PA_CERT", "CONDIFF_C2PA_KEY", "CONDIFF_C2PA_ALG", "CONDIFF_C2PA_TRUST", "CONDIFF_PROVENANCE"):
+    for var in ("CONDIFF_C2PA_CERT", "CONDIFF_C2PA_KEY", "CONDIFF_C2PA_ALG", "CONDIFF_C2PA_TRUST", "CONDIFF_PROVENANCE",
+                "CONDIFF_WATERMARK"):
         monkeypatch.delenv(var, raising=False)
     return keys.keygen()
 
@@ -148,9 +149,10 @@ def test_edit_records_the_input_as_ingredient(local_key, model_file, tmp_path):
     assert [a["action"] for a in m["actions"]] == ["c2pa.opened", "c2pa.edited"]
     assert m["ingredients"] == [{"title": "input.png", "relationship": "parentOf"}]
     assert info["fields"]["Denoising strength"] == "0.6"
-    guided = read_png_info(png_bytes(picture(), params(model_file, pipeline="control"), ingredients=[src]))
+    upload = ("upload.png", src.read_bytes())  # how the HTTP server passes an uploaded picture
+    guided = read_png_info(png_bytes(picture(), params(model_file, pipeline="control"), ingredients=[upload]))
     assert [a["action"] for a in guided["manifest"]["actions"]] == ["c2pa.created", "c2pa.placed"]
-    assert guided["manifest"]["ingredients"][0]["relationship"] == "componentOf"
+    assert guided["manifest"]["ingredients"] == [{"title": "upload.png", "relationship": "componentOf"}]
 
 
 def test_inpainting_keeps_pixels_outside_the_mask_exact(local_key, model_file):
@@ -169,6 +171,10 @@ def test_no_provenance_and_no_key(local_key, model_file, monkeypatch, tmp_path):
     monkeypatch.setenv("CONDIFF_PROVENANCE", "0")
     assert b"caBX" not in png_bytes(picture(), params(model_file), provenance=None)
     monkeypatch.delenv("CONDIFF_PROVENANCE")
+    monkeypatch.setenv("CONDIFF_WATERMARK", "0")  # manifest only
+    info = read_png_info(png_bytes(picture(), params(model_file)))
+    assert info["ok"] and not info["watermark"]["found"] and info["provenance"]["watermark"]["embedded"] is False
+    monkeypatch.delenv("CONDIFF_WATERMARK")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "empty"))  # no key: watermark only
     data = png_bytes(picture(), params(model_file))
     info = read_png_info(data)

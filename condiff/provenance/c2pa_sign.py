@@ -92,23 +92,51 @@ def _context(settings: dict):
     return c2pa.Context(c2pa.Settings.from_dict(base))
 
 
+def _ingredient_sources(ingredients) -> list[tuple[str, str, bytes]]:
+    """(title, MIME type, bytes) of each usable ingredient: a file path, raw image bytes or (title, bytes)."""
+    from PIL import Image
+
+    out = []
+    for i, item in enumerate(ingredients or []):
+        if isinstance(item, tuple):
+            title, data = str(item[0]), bytes(item[1])
+        elif isinstance(item, (bytes, bytearray)):
+            title, data = f"input-{i}", bytes(item)
+        else:
+            path = Path(item)
+            if not path.is_file():
+                continue
+            title, data = path.name, path.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                mime = _MIME.get("." + (im.format or "").lower().replace("jpeg", "jpg"))
+        except OSError:
+            mime = None
+        if mime:
+            out.append((title, mime, data))
+    return out
+
+
 def sign_png(data: bytes, params: dict[str, Any], record: dict[str, Any], credentials: Credentials, *,
-             ingredients: list[Path] | None = None, title: str = "condiff.png") -> bytes:
-    """``data`` (a PNG) with a signed C2PA manifest embedded; ``ingredients`` are input files."""
+             ingredients: list | None = None, title: str = "condiff.png") -> bytes:
+    """``data`` (a PNG) with a signed C2PA manifest embedded.
+
+    ``ingredients``: the input pictures of an edit, each a file path, image bytes or (title, bytes);
+    unreadable ones are left out.
+    """
     import c2pa
 
-    usable = [Path(p) for p in ingredients or [] if Path(p).is_file() and Path(p).suffix.lower() in _MIME]
-    ids = [f"input-{i}" for i in range(len(usable))]
+    sources = _ingredient_sources(ingredients)
+    ids = [f"input-{i}" for i in range(len(sources))]
     manifest = manifest_definition(params, record, title, ids)
     relationship = "parentOf" if pipeline_kind(params) == "edited" else "componentOf"
     try:
         signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(credentials.alg, credentials.chain, credentials.key, None))
         builder = c2pa.Builder(manifest, _context({"builder": {"thumbnail": {"enabled": False}}}))
-        for i, (path, iid) in enumerate(zip(usable, ids)):
+        for i, ((name, mime, blob), iid) in enumerate(zip(sources, ids)):
             rel = relationship if i == 0 else "componentOf"  # one parent at most
-            with open(path, "rb") as f:
-                builder.add_ingredient({"title": path.name, "relationship": rel, "label": iid, "instance_id": iid},
-                                       _MIME[path.suffix.lower()], f)
+            builder.add_ingredient({"title": name, "relationship": rel, "label": iid, "instance_id": iid},
+                                   mime, io.BytesIO(blob))
         out = io.BytesIO()
         builder.sign(signer, "image/png", io.BytesIO(data), out)
     except c2pa.C2paError as err:

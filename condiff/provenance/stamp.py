@@ -12,8 +12,8 @@ For a picture a model made (its parameters name a ``model``) and unless provenan
 (``provenance=False``, ``--no-provenance`` or ``CONDIFF_PROVENANCE=0``):
 
 1. the pixels get the invisible watermark (:mod:`condiff.provenance.watermark`) — except for
-   inpainting that returns the input exactly outside the mask, whose guarantee it would break
-   (the record says so);
+   inpainting that returns the input exactly outside the mask, whose guarantee it would break,
+   and when ``CONDIFF_WATERMARK=0`` (the record says which);
 2. the PNG (pixels + text chunks) is signed with a C2PA manifest (:mod:`condiff.provenance.c2pa_sign`)
    when a signing key is available (:mod:`condiff.provenance.keys`); without one the record says
    how to make one. The manifest's hash binding covers the text chunks and the pixels.
@@ -98,11 +98,12 @@ def _default_ingredients(params: dict[str, Any]) -> list[Path]:
     return [Path(str(params[k])) for k in ("input", "mask") if params.get(k) and Path(str(params[k])).is_file()]
 
 
-def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list[str | os.PathLike] | None = None,
+def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list | None = None,
               provenance: bool | None = True) -> bytes:
     """Encode ``image`` (tensor [1, C, H, W] / [C, H, W] in [0, 1] or PIL image) as a stamped PNG.
 
-    ``ingredients``: input files of an edit (default: the ``input``/``mask`` paths in ``params``).
+    ``ingredients``: the input pictures of an edit, each a file path, image bytes or (title, bytes)
+    (default: the ``input``/``mask`` files named in ``params``).
     ``provenance``: True (watermark + C2PA when a key exists), False (text chunks only), None
     (on unless ``CONDIFF_PROVENANCE=0``).
     """
@@ -120,9 +121,13 @@ def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list[
         if _keeps_input_pixels(params):
             record["watermark"] = {"method": watermark.METHOD, "embedded": False,
                                    "reason": "inpainting keeps the input's pixels outside the mask exactly"}
+        elif os.environ.get("CONDIFF_WATERMARK", "1").strip().lower() in ("0", "false", "off", "no"):
+            record["watermark"] = {"method": watermark.METHOD, "embedded": False, "reason": "CONDIFF_WATERMARK=0"}
         elif im.mode == "RGB":
             arr, record["watermark"] = watermark.embed(np.asarray(im))
             im = Image.fromarray(arr)
+        else:
+            record["watermark"] = {"method": watermark.METHOD, "embedded": False, "reason": f"{im.mode} is not RGB"}
     buf = io.BytesIO()
     im.save(buf, format="PNG", pnginfo=text_chunks(params, record, im.size))
     data = buf.getvalue()
@@ -132,6 +137,6 @@ def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list[
 
         creds = load_credentials()
         if creds is not None:
-            files = _default_ingredients(params) if ingredients is None else [Path(p) for p in ingredients]
+            files = _default_ingredients(params) if ingredients is None else list(ingredients)
             data = sign_png(data, params, record, creds, ingredients=files)
     return data
