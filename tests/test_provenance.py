@@ -272,3 +272,17 @@ def test_options_typed_on_the_command_line_override_the_recipe(local_key, model_
     lora = save_png(picture(), tmp_path / "l.png", params(model_file, loras=[{"file": "/nowhere.safetensors"}]))
     with pytest.raises(ValueError, match="--lora"):
         rerun_arguments(None, lora, None, "", None, None, "euler", 0, "builtin", [], None)
+
+
+def test_a1111_recipe_reruns_with_a_note_about_the_model(tmp_path, capsys):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat, sitting\nNegative prompt: dog\nSteps: 12, Sampler: Euler a, CFG scale: 6, "
+                                "Seed: 42, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly")
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    args = rerun_arguments(None, path, None, "", None, None, "dpmpp_2m", 0, "builtin", [], None)
+    assert args == ("a cat, sitting", "dog", 6.0, 12, "euler_ancestral", 42, "builtin", [], None)
+    err = capsys.readouterr().err
+    assert "v1-5-pruned-emaonly" in err and "not here" in err and "6ce0161689" in err

@@ -21,7 +21,8 @@ _EDIT_COMMANDS = {"sdedit": "condiff sdedit", "inpaint": "condiff inpaint", "con
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The parameters stored in a picture (condiff JSON or A1111 text); InputError if it has none."""
+    """The parameters stored in a picture (condiff JSON or A1111 text) with the model hash it records;
+    InputError if it has none."""
     from .verify import read_png_info
 
     info = read_png_info(path, check_watermark=False)
@@ -33,7 +34,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         cmd = _EDIT_COMMANDS.get(pipeline, "condiff inpaint")
         raise InputError(f"{path} was made by the {pipeline} pipeline from an input picture; re-run it with `{cmd}` "
                          f"and the parameters shown by `condiff provenance verify {path}`")
-    return params
+    recorded_hash = (info.get("provenance") or {}).get("model_hash")
+    return {**params, "model_hash": recorded_hash} if recorded_hash else params
 
 
 def _lora_specs(params: dict[str, Any], path) -> list[str]:
@@ -68,7 +70,7 @@ def rerun_arguments(ctx, from_png, prompt, negative, guidance, steps, sampler, s
     recipe = {
         "prompt": p.get("prompt", ""), "negative": p.get("negative", ""), "guidance": p.get("guidance"),
         "steps": p.get("steps"), "sampler": p.get("sampler", sampler), "seed": p.get("seed", seed),
-        "model": _model(p.get("model"), model), "lora": None,
+        "model": _model(p.get("model"), model, p.get("model_hash")), "lora": None,
         "style_guidance": f"{cg['style']}:{cg.get('scale', 1.0)}" if cg.get("style") else style_guidance,
     }
     cli = {"prompt": prompt, "negative": negative, "guidance": guidance, "steps": steps, "sampler": sampler,
@@ -79,10 +81,20 @@ def rerun_arguments(ctx, from_png, prompt, negative, guidance, steps, sampler, s
     return tuple(out[k] for k in cli)
 
 
-def _model(recorded: str | None, default: str) -> str:
-    """The recipe's model when it can be loaded here (built-in name or existing path), else ``default``."""
-    from ..models.registry import BUILTIN_MODELS
+def _model(recorded: str | None, default: str, recorded_hash: str | None) -> str:
+    """The recipe's model when it can be loaded here (built-in name or existing path), else ``default``;
+    a note on stderr when the model or its hash differs from the one that made the picture."""
+    import typer
 
-    if recorded and (recorded in BUILTIN_MODELS or Path(recorded).expanduser().exists()):
-        return recorded
-    return default
+    from ..models.registry import BUILTIN_MODELS
+    from .hashes import model_hash
+
+    chosen = recorded if recorded and (recorded in BUILTIN_MODELS or Path(recorded).expanduser().exists()) else default
+    if recorded and chosen != recorded:
+        typer.echo(f"note: the picture was made with the model {recorded!r}, which is not here; using {chosen!r}",
+                   err=True)
+    here = model_hash(chosen) if recorded_hash else None
+    if recorded_hash and here and here != recorded_hash:
+        typer.echo(f"note: model hash {here} differs from the picture's {recorded_hash}; the result will differ",
+                   err=True)
+    return chosen
