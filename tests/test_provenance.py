@@ -25,6 +25,7 @@ runner = CliRunner()
 def local_key(tmp_path, monkeypatch):
     """An isolated config folder with a fresh local key (and none of the user's settings)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for var in ("CONDIFF_C2PA_CERT", "CONDIFF_C2PA_KEY", "CONDIFF_C2PA_ALG", "CONDIFF_C2PA_TRUST", "CONDIFF_PROVENANCE",
                 "CONDIFF_WATERMARK"):
         monkeypatch.delenv(var, raising=False)
@@ -286,3 +287,34 @@ def test_a1111_recipe_reruns_with_a_note_about_the_model(tmp_path, capsys):
     assert args == ("a cat, sitting", "dog", 6.0, 12, "euler_ancestral", 42, "builtin", [], None)
     err = capsys.readouterr().err
     assert "v1-5-pruned-emaonly" in err and "not here" in err and "6ce0161689" in err
+
+
+def test_hashes_are_cached_on_disk(tmp_path, monkeypatch, model_file):
+    import hashlib
+
+    from condiff.provenance import hashes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hashes._CACHE.clear()
+    want = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert hashes.model_hash(str(model_file)) == want[:10] and hashes.lora_hash(model_file) == want[:12]
+    stored = json.loads((tmp_path / "cache" / "condiff" / "hashes.json").read_text())
+    assert list(stored.values()) == [want]
+    key = next(iter(stored))
+    stored[key] = "f" * 64  # the disk cache is what a new process reads (same path, size and mtime)
+    (tmp_path / "cache" / "condiff" / "hashes.json").write_text(json.dumps(stored))
+    hashes._CACHE.clear()
+    assert hashes.model_hash(str(model_file)) == "f" * 10
+
+
+def test_configure_own_certificate(local_key, tmp_path, model_file):
+    mine = keys.keygen(tmp_path / "mine", common_name="my studio")
+    res = invoke("provenance", "configure", "--cert", mine / keys.CHAIN_FILE, "--key", mine / keys.KEY_FILE)
+    assert res.exit_code == 0, res.output
+    assert keys.load_credentials().source.endswith("config.json")
+    out = tmp_path / "s.png"
+    out.write_bytes(png_bytes(picture(), params(model_file)))
+    info = read_png_info(out)
+    assert info["manifest"]["signer"]["common_name"] == "my studio" and not info["ok"]  # its CA is not trusted yet
+    res = invoke("provenance", "verify", "--trust", mine / keys.CA_FILE, out)
+    assert res.exit_code == 0, res.output

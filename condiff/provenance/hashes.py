@@ -6,12 +6,15 @@
   (the built-in U-Net's shards; a folder's ``*.safetensors``), which is stable for the same files.
 * **LoRA hash** (A1111's ``Lora hashes`` field): the first 12 hex digits of the file's sha256.
 
-Hashes are cached per process by (path, size, mtime), so a batch hashes each file once.
+Hashes are cached by (path, size, mtime): in memory, and on disk in
+``$XDG_CACHE_HOME/condiff/hashes.json`` (as A1111 keeps its ``cache.json``), so a multi-gigabyte
+checkpoint is read once, not on every run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -21,15 +24,45 @@ _CACHE: dict[tuple, str] = {}
 _WEIGHT_EXT = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
 
 
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "condiff" / "hashes.json"
+
+
+def _disk_cache() -> dict[str, str]:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, digest: str) -> None:
+    """Add one entry to the on-disk cache (best effort: a read-only home just means no cache)."""
+    from ..io import atomic_path
+
+    cache = _disk_cache()
+    cache[key] = digest
+    try:
+        with atomic_path(_cache_file()) as tmp:
+            tmp.write_text(json.dumps(cache, indent=0, sort_keys=True))
+    except OSError:
+        pass
+
+
 def _sha256_of(paths: list[Path]) -> str:
     key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
     if key not in _CACHE:
-        h = hashlib.sha256()
-        for p in paths:
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        _CACHE[key] = h.hexdigest()
+        text_key = json.dumps(key)
+        digest = _disk_cache().get(text_key)
+        if digest is None:
+            h = hashlib.sha256()
+            for p in paths:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            digest = h.hexdigest()
+            _remember(text_key, digest)
+        _CACHE[key] = digest
     return _CACHE[key]
 
 
