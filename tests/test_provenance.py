@@ -180,6 +180,7 @@ def test_no_provenance_and_no_key(local_key, model_file, monkeypatch, tmp_path):
     data = png_bytes(picture(), params(model_file))
     info = read_png_info(data)
     assert b"caBX" not in data and info["watermark"]["found"] and not info["ok"]
+    assert "without a signing key" in info["problems"][0]
 
 
 def test_watermark_round_trip_and_limits():

@@ -94,6 +94,21 @@ def text_chunks(params: dict[str, Any], record: dict[str, Any], size: tuple[int,
     return info
 
 
+def _watermarked(im: Image.Image, params: dict[str, Any]) -> tuple[Image.Image, dict]:
+    """The picture with the invisible watermark, or unchanged with the reason, and the record."""
+    skip = None
+    if _keeps_input_pixels(params):
+        skip = "inpainting keeps the input's pixels outside the mask exactly"
+    elif os.environ.get("CONDIFF_WATERMARK", "1").strip().lower() in ("0", "false", "off", "no"):
+        skip = "CONDIFF_WATERMARK=0"
+    elif im.mode != "RGB":
+        skip = f"{im.mode} is not RGB"
+    if skip:
+        return im, {"method": watermark.METHOD, "embedded": False, "reason": skip}
+    arr, rec = watermark.embed(np.asarray(im))
+    return Image.fromarray(arr), rec
+
+
 def _default_ingredients(params: dict[str, Any]) -> list[Path]:
     return [Path(str(params[k])) for k in ("input", "mask") if params.get(k) and Path(str(params[k])).is_file()]
 
@@ -117,26 +132,20 @@ def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list 
     params = normalise(params)
     record = stamp_record(params)
     stamped = enabled(provenance) and bool(params.get("model"))
+    creds = None
     if stamped:
-        if _keeps_input_pixels(params):
-            record["watermark"] = {"method": watermark.METHOD, "embedded": False,
-                                   "reason": "inpainting keeps the input's pixels outside the mask exactly"}
-        elif os.environ.get("CONDIFF_WATERMARK", "1").strip().lower() in ("0", "false", "off", "no"):
-            record["watermark"] = {"method": watermark.METHOD, "embedded": False, "reason": "CONDIFF_WATERMARK=0"}
-        elif im.mode == "RGB":
-            arr, record["watermark"] = watermark.embed(np.asarray(im))
-            im = Image.fromarray(arr)
-        else:
-            record["watermark"] = {"method": watermark.METHOD, "embedded": False, "reason": f"{im.mode} is not RGB"}
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", pnginfo=text_chunks(params, record, im.size))
-    data = buf.getvalue()
-    if stamped:
-        from .c2pa_sign import sign_png
         from .keys import load_credentials
 
         creds = load_credentials()
-        if creds is not None:
-            files = _default_ingredients(params) if ingredients is None else list(ingredients)
-            data = sign_png(data, params, record, creds, ingredients=files)
+        if creds is None:
+            record["c2pa"] = {"signed": False, "reason": "no signing key (run `condiff provenance keygen`)"}
+        im, record["watermark"] = _watermarked(im, params)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", pnginfo=text_chunks(params, record, im.size))
+    data = buf.getvalue()
+    if creds is not None:
+        from .c2pa_sign import sign_png
+
+        files = _default_ingredients(params) if ingredients is None else list(ingredients)
+        data = sign_png(data, params, record, creds, ingredients=files)
     return data

@@ -69,8 +69,10 @@ def read_text_parameters(im: Image.Image) -> dict[str, Any]:
     return out
 
 
-def _problems(manifest: dict[str, Any], mark: dict[str, Any]) -> list[str]:
+def _problems(manifest: dict[str, Any], mark: dict[str, Any], record: dict[str, Any] | None) -> list[str]:
     if not manifest.get("present"):
+        if ((record or {}).get("c2pa") or {}).get("signed") is False:
+            return ["no C2PA manifest: it was written without a signing key (run `condiff provenance keygen`)"]
         found = " (the watermark says condiff made it: the manifest was stripped)" if mark.get("found") else ""
         return ["no C2PA manifest" + found]
     out = []
@@ -107,6 +109,6 @@ def read_png_info(src: str | os.PathLike | bytes, *, trust: list[Path] | None = 
         raise InputError(f"{name} is not a readable image ({err})") from None
     manifest = read_manifest(data, _MIME.get(fmt, "image/png"), trust_anchors(trust))
     mark = watermark.detect(rgb) if check_watermark else {"found": None}
-    problems = _problems(manifest, mark)
+    problems = _problems(manifest, mark, info.get("provenance"))
     return {"file": name, "format": fmt, "size": list(size), **info, "manifest": manifest, "watermark": mark,
             "ok": not problems, "problems": problems}
