@@ -42,6 +42,8 @@ def test_old_sampler_names_and_prompt_only_text():
     assert (r["sampler"], r["schedule"], r["guidance"]) == ("dpmpp_2m", "karras", 6.5)
     r = recipe_from_fields(parse_infotext("x\nSteps: 5, Sampler: Euler a, CFG scale: 7, Seed: 2"))
     assert r["sampler"] == "euler_ancestral"
+    r = recipe_from_fields(parse_infotext("x\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 2"))
+    assert "steps" not in r and r["a1111"] == {"Steps": "many"} and r["seed"] == 2
     # fewer than three "Key: value" pairs on the last line: it is prompt text, not fields
     f = parse_infotext("portrait, style: ink")
     assert f["Prompt"] == "portrait, style: ink" and set(f) == {"Prompt", "Negative prompt"}

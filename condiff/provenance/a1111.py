@@ -182,7 +182,11 @@ def recipe_from_fields(fields: dict[str, str]) -> dict[str, Any]:
             "Denoising strength": ("strength", float), "Model hash": ("model_hash", str), "Model": ("model", str)}
     for key, (name, cast) in conv.items():
         if key in rest:
-            p[name] = cast(_to_number(rest.pop(key)) if cast is not str else rest.pop(key))
+            try:
+                p[name] = cast(_to_number(rest[key]) if cast is not str else rest[key])
+                del rest[key]
+            except ValueError:  # another tool's odd value: kept as text under "a1111"
+                pass
     if "Size" in rest:
         m = _SIZE.match(rest.pop("Size"))
         if m:
