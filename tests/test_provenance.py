@@ -133,7 +133,8 @@ def test_flipped_pixel_stripped_manifest_and_other_key_are_reported(local_key, m
     assert stripped["parameters"]["prompt"] == "a red square, flat"  # the text chunks are still there
 
     other = keys.keygen(tmp_path / "other")
-    creds = keys.Credentials((other / keys.CHAIN_FILE).read_bytes(), (other / keys.KEY_FILE).read_bytes(), "es256", "test")
+    creds = keys.Credentials((other / keys.CHAIN_FILE).read_bytes(), (other / keys.KEY_FILE).read_bytes(), "es256",
+                             "test")
     resigned = read_png_info(sign_png(stripped_bytes, params(model_file), {}, creds))
     m = resigned["manifest"]
     assert m["signature_valid"] and m["hash_match"] and not m["trusted"] and not resigned["ok"]

@@ -38,7 +38,8 @@ def test_documented_example_parses_to_fields_and_condiff_names():
 
 
 def test_old_sampler_names_and_prompt_only_text():
-    r = recipe_from_fields(parse_infotext("a cat\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1, Size: 64x64"))
+    text = "a cat\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 1, Size: 64x64"
+    r = recipe_from_fields(parse_infotext(text))
     assert (r["sampler"], r["schedule"], r["guidance"]) == ("dpmpp_2m", "karras", 6.5)
     r = recipe_from_fields(parse_infotext("x\nSteps: 5, Sampler: Euler a, CFG scale: 7, Seed: 2"))
     assert r["sampler"] == "euler_ancestral"

@@ -39,7 +39,8 @@ def keygen(
 def configure(
     cert: Path = typer.Option(..., "--cert", help="Your certificate chain (PEM: signing certificate first)."),
     key: Path = typer.Option(..., "--key", help="Its private key (PEM, unencrypted)."),
-    alg: Optional[str] = typer.Option(None, "--alg", help="es256, es384, es512, ps256, ed25519 … (default: from the key)."),
+    alg: Optional[str] = typer.Option(None, "--alg", help="es256, es384, es512, ps256, ed25519 … "
+                                      "(default: from the key)."),
 ) -> None:
     """Sign with your own certificate instead of the local key (recorded in config.json)."""
     from ..provenance.keys import configure as record

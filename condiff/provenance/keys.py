@@ -84,7 +84,8 @@ def make_chain(common_name: str = "condiff signer", days: int = 3650) -> tuple[b
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     now = dt.datetime.now(dt.timezone.utc)
-    start, ca_key, key = now - dt.timedelta(minutes=5), ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    start = now - dt.timedelta(minutes=5)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("condiff local CA")
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
           .serial_number(x509.random_serial_number()).not_valid_before(start)

@@ -59,7 +59,8 @@ def read_text_parameters(im: Image.Image) -> dict[str, Any]:
             try:
                 legacy = json.loads(a1111_text)
             except json.JSONDecodeError:
-                raise InputError(f"the {PARAMETERS_KEY!r} text chunk is neither A1111 text nor condiff's JSON") from None
+                raise InputError(f"the {PARAMETERS_KEY!r} text chunk is neither A1111 text nor condiff's JSON") \
+                    from None
             out["parameters"] = out["parameters"] if out["parameters"] is not None else legacy
         else:
             out["a1111"] = a1111_text
