@@ -159,10 +159,12 @@ def timings(pics) -> dict:
 
     params = {"model": "builtin", "pipeline": "text2img", "prompt": "a red heart, flat", "negative": "",
               "steps": 20, "sampler": "dpmpp_2m", "guidance": 5.0, "seed": 0}
-    hashes._CACHE.clear()
-    t = time.perf_counter()
-    hashes.model_hash("builtin")
-    uncached = (time.perf_counter() - t) * 1000
+    with tempfile.TemporaryDirectory() as d:  # empty memory and disk caches: the cost of the first run
+        os.environ["XDG_CACHE_HOME"] = d
+        hashes._CACHE.clear()
+        t = time.perf_counter()
+        hashes.model_hash("builtin")
+        uncached = (time.perf_counter() - t) * 1000
     ims = [Image.fromarray(p) for p in pics]
 
     def plain(im):
@@ -187,7 +189,7 @@ def timings(pics) -> dict:
         out = {
             "png_encode_without_stamps_ms": base,
             "parameters_text_chunks_ms": round(_median_ms(with_text, ims) - base, 2),
-            "model_hash_builtin_uncached_ms (once per process)": round(uncached, 1),
+            "model_hash_builtin_uncached_ms (first run; then cached on disk)": round(uncached, 1),
             "watermark_embed_ms": _median_ms(lambda p: watermark.embed(p), pics),
             "c2pa_sign_ms": _median_ms(lambda e: c2pa_sign.sign_png(e, params, {}, creds), encoded),
             "total_png_bytes_ms (all stamps, hash cached)": _median_ms(lambda im: stamp.png_bytes(im, params), ims),

@@ -105,7 +105,8 @@ def infotext_fields(params: dict[str, Any], *, size: tuple[int, int] | None = No
                                      ("Guidance Start", _number(unit.get("start", 0.0))),
                                      ("Guidance End", _number(unit.get("end", 1.0)))))
     if lora_hashes:
-        f["Lora hashes"] = ", ".join(f"{name}: {h}" for name, h in lora_hashes.items())
+        # names lose ":" and "," (as A1111 writes them) so that the pairs read back
+        f["Lora hashes"] = ", ".join(f"{name.replace(':', '').replace(',', '')}: {h}" for name, h in lora_hashes.items())
     if version:
         f["Version"] = version
     return f
