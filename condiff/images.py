@@ -280,7 +280,7 @@ def save_png(
 
 
 def png_bytes(image: Tensor | Image.Image, params: dict[str, Any] | None = None, *,
-              ingredients: list | None = None, provenance: bool | None = True) -> bytes:
+              ingredients: list | None = None, provenance: bool | None = None) -> bytes:
     """The PNG file :func:`save_png` writes, in memory: A1111 ``parameters`` + ``condiff`` JSON text
     chunks, and for a model's picture the invisible watermark and a signed C2PA manifest
     (:func:`condiff.provenance.stamp.png_bytes`). ``ingredients``: input pictures of an edit, each a

@@ -119,8 +119,8 @@ def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list 
 
     ``ingredients``: the input pictures of an edit, each a file path, image bytes or (title, bytes)
     (default: the ``input``/``mask`` files named in ``params``).
-    ``provenance``: True (watermark + C2PA when a key exists), False (text chunks only), None
-    (on unless ``CONDIFF_PROVENANCE=0``).
+    ``provenance``: True (watermark + C2PA when a key exists), False (text chunks only), None (the
+    default: on unless ``CONDIFF_PROVENANCE=0``).
     """
     from ..images import to_pil
 
