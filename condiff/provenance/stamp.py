@@ -114,7 +114,7 @@ def _default_ingredients(params: dict[str, Any]) -> list[Path]:
 
 
 def png_bytes(image, params: dict[str, Any] | None = None, *, ingredients: list | None = None,
-              provenance: bool | None = True) -> bytes:
+              provenance: bool | None = None) -> bytes:
     """Encode ``image`` (tensor [1, C, H, W] / [C, H, W] in [0, 1] or PIL image) as a stamped PNG.
 
     ``ingredients``: the input pictures of an edit, each a file path, image bytes or (title, bytes)
