@@ -18,22 +18,23 @@
   shorter side is S; in every case then center-crop each side down to a multiple of 8 (never
   more than 7 px), as latent models with a downsampling factor of 8 need. Masks are resized with
   the same geometry (bilinear), so they stay aligned.
-* **Saving**: :func:`save_png` writes a PNG with the generation parameters as JSON in a ``tEXt``
-  chunk named ``parameters`` (ASCII-escaped, so it is always tEXt, never iTXt), atomically, and
-  refuses to overwrite an existing file unless ``overwrite=True``. :func:`read_png_parameters`
-  reads it back.
+* **Saving**: :func:`save_png` writes a PNG atomically and refuses to overwrite an existing file
+  unless ``overwrite=True``. The generation parameters go in two text chunks: ``parameters`` in
+  AUTOMATIC1111's text format (what other tools read) and ``condiff`` with condiff's complete JSON;
+  a model's picture also gets an invisible watermark and a signed C2PA manifest
+  (:mod:`condiff.provenance`). :func:`read_png_parameters` reads the parameters back (also from
+  older condiff files and A1111 files); :func:`read_png_info` reads and verifies everything.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from .io import atomic_path, check_writable
@@ -51,6 +52,8 @@ __all__ = [
     "to_model_range",
     "from_model_range",
     "save_png",
+    "png_bytes",
+    "read_png_info",
     "read_png_parameters",
 ]
 
@@ -258,43 +261,50 @@ def to_pil(x: Tensor) -> Image.Image:
 
 
 def save_png(
-    image: Tensor | Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None, *, overwrite: bool = False
+    image: Tensor | Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None, *,
+    overwrite: bool = False, ingredients: list[str | os.PathLike] | None = None, provenance: bool | None = None,
 ) -> Path:
-    """Write a PNG with ``parameters`` as JSON in a tEXt chunk, atomically; no silent overwrite."""
+    """Write a stamped PNG atomically (no silent overwrite): see :func:`png_bytes` for the stamps.
+
+    ``provenance=None`` stamps unless ``CONDIFF_PROVENANCE=0``; ``ingredients`` are the input files
+    of an edit (default: the ``input``/``mask`` paths named in ``parameters``).
+    """
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: save_png writes PNG files; use a .png file name")
     check_writable(path, overwrite)
-    im = image if isinstance(image, Image.Image) else to_pil(image)
-    info = PngImagePlugin.PngInfo()
-    if parameters:
-        try:
-            text = json.dumps(parameters, ensure_ascii=True, sort_keys=True, default=_jsonable)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"generation parameters are not JSON-serialisable: {err}") from None
-        info.add_text(PARAMETERS_KEY, text)
+    data = png_bytes(image, parameters, ingredients=ingredients, provenance=provenance)
     with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG", pnginfo=info)
+        tmp.write_bytes(data)
     return path
 
 
-def _jsonable(v: Any):
-    if isinstance(v, Tensor) and v.numel() == 1:
-        return v.item()
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, (Path, os.PathLike)):
-        return str(v)
-    raise TypeError(f"{type(v).__name__} is not JSON-serialisable")
+def png_bytes(image: Tensor | Image.Image, params: dict[str, Any] | None = None, *,
+              ingredients: list | None = None, provenance: bool | None = None) -> bytes:
+    """The PNG file :func:`save_png` writes, in memory: A1111 ``parameters`` + ``condiff`` JSON text
+    chunks, and for a model's picture the invisible watermark and a signed C2PA manifest
+    (:func:`condiff.provenance.stamp.png_bytes`). ``ingredients``: input pictures of an edit, each a
+    path, image bytes or (title, bytes)."""
+    from .provenance.stamp import png_bytes as stamped
+
+    return stamped(image, params, ingredients=ingredients, provenance=provenance)
+
+
+def read_png_info(src: str | os.PathLike | bytes, **kw) -> dict[str, Any]:
+    """Everything a picture says about itself: A1111 text, parsed fields, condiff JSON, C2PA
+    manifest and watermark verification (:func:`condiff.provenance.verify.read_png_info`)."""
+    from .provenance.verify import read_png_info as read
+
+    return read(src, **kw)
 
 
 def read_png_parameters(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The generation parameters stored by :func:`save_png` (None when the file has none)."""
+    """The generation parameters of a PNG (None when it has none): condiff's JSON chunk, else the
+    JSON older condiff versions kept in ``parameters``, else A1111 text parsed into condiff names."""
+    from .provenance.verify import read_text_parameters
+
     with Image.open(path) as im:
-        text = getattr(im, "text", {}).get(PARAMETERS_KEY)
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: the {PARAMETERS_KEY!r} text chunk is not condiff's JSON") from None
+        try:
+            return read_text_parameters(im)["parameters"]
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None

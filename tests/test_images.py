@@ -122,7 +122,7 @@ def test_save_png_parameters_in_text_chunk(tmp_path):
     params = {"prompt": "a café at night ✨", "seed": 7, "strength": 0.6, "sampler": "euler", "t": torch.tensor(3)}
     path = save_png(torch.rand(1, 3, 8, 8), tmp_path / "img.png", params)
     raw = path.read_bytes()
-    assert b"tEXtparameters" in raw and b"iTXt" not in raw
+    assert b"iTXtparameters" in raw and b"tEXtcondiff" in raw  # A1111 text (UTF-8: not Latin-1) + ASCII JSON
     back = read_png_parameters(path)
     assert back["prompt"] == params["prompt"] and back["seed"] == 7 and back["t"] == 3
     with pytest.raises(FileExistsError, match="overwrite"):

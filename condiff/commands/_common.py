@@ -14,6 +14,8 @@ DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default
 DTYPE_OPT = typer.Option("auto", "--dtype", help="fp32, fp16, bf16 or auto (fp32 on CPU, fp16 on CUDA).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace existing output files.")
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+PROVENANCE_OPT = typer.Option(None, "--provenance/--no-provenance", help="Invisible watermark and signed C2PA "
+                              "manifest on the output (default: on, unless CONDIFF_PROVENANCE=0).")
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -91,12 +93,12 @@ def output_paths(out: Path, n: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(n)]
 
 
-def save_result(result, out: Path, overwrite: bool) -> list[Path]:
+def save_result(result, out: Path, overwrite: bool, provenance: bool | None = None) -> list[Path]:
     paths = output_paths(out, result.images.shape[0])
     for p in paths:  # refuse before writing anything
         if p.exists() and not overwrite:
             raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
     for i, p in enumerate(paths):
-        save_png(result.images[i:i + 1], p, result.params_for(i), overwrite=overwrite)
+        save_png(result.images[i:i + 1], p, result.params_for(i), overwrite=overwrite, provenance=provenance)
         typer.echo(f"wrote {p}")
     return paths

@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    prompt: str = typer.Argument(..., help="What to draw, e.g. 'a cat face, flat style'."),
+    prompt: str = typer.Argument(None, help="What to draw, e.g. 'a cat face, flat style'."),
     negative: str = typer.Option("", "--negative", "-n", help="Negative prompt (the CFG 'unconditional' branch)."),
     guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance γ (0 = unconditional, 1 = conditional)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the sampler's)."),
@@ -28,11 +28,17 @@ def generate(
     style_guidance: str = typer.Option(None, "--classifier-guidance", help="STYLE[:SCALE]: classifier guidance "
                                        "(thesis eq. 3.4) towards a style with the built-in noisy classifier."),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, provenance: bool = C.PROVENANCE_OPT,
+    from_png: Path = typer.Option(None, "--from-png", help="Re-run the recipe stored in a PNG (condiff's or A1111's "
+                                  "parameters); options typed on the command line override it."),
+    ctx: typer.Context = None,
 ) -> None:
     """Text to image."""
     from ..pipelines.text2img import generate as run
+    from ..provenance.recipe import rerun_arguments
 
+    prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance = rerun_arguments(
+        ctx, from_png, prompt, negative, guidance, steps, sampler, seed, model, lora, style_guidance)
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
     applied = C.personalize(m, lora, embedding)
@@ -43,7 +49,7 @@ def generate(
     res = run(m, prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler, seed=seed,
               batch_size=batch, show_progress=progress, base=base)
     res.params.update(applied)
-    C.save_result(res, out, overwrite)
+    C.save_result(res, out, overwrite, provenance)
 
 
 def sdedit(
@@ -57,7 +63,7 @@ def sdedit(
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("condiff-sdedit.png"), "--out", "-o"),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, provenance: bool = C.PROVENANCE_OPT,
 ) -> None:
     """SDEdit (thesis 3.1.2): noise the input to strength t0, then denoise towards the prompt."""
     from ..images import fit_image, load_image
@@ -69,7 +75,7 @@ def sdedit(
     res = run(m, img, prompt, strength=strength, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
               seed=seed, show_progress=progress)
     res.params["input"] = str(image)
-    C.save_result(res, out, overwrite)
+    C.save_result(res, out, overwrite, provenance)
 
 
 def inpaint(
@@ -89,7 +95,7 @@ def inpaint(
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(Path("condiff-inpaint.png"), "--out", "-o"),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, provenance: bool = C.PROVENANCE_OPT,
 ) -> None:
     """Inpainting (thesis 4.3): outside the mask the input is returned exactly (unless --no-composite)."""
     from ..images import load_image, load_mask
@@ -107,4 +113,4 @@ def inpaint(
               seed=seed, blend=blend, color_match=color_match, feather=feather, composite=not no_composite,
               crop_to_mask=crop_to_mask, show_progress=progress)
     res.params.update(input=str(image), mask=str(mask))
-    C.save_result(res, out, overwrite)
+    C.save_result(res, out, overwrite, provenance)
