@@ -310,14 +310,14 @@ def check_output(path, overwrite: bool = False, *, suffixes: Sequence[str] | Non
         raise InputError(f"{name} {str(path)!r} is not a valid file name") from None
     if suffixes and path.suffix.lower() not in suffixes:
         raise InputError(f"{name} {path} must end in {' or '.join(suffixes)}")
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise OutputError(errno.ENAMETOOLONG, f"{name} name {part[:40]}… is too long ({len(os.fsencode(part))} bytes; "
+                              "the file system allows 255); choose a shorter name")
     if path.is_dir():
         raise OutputError(errno.EISDIR, f"{name} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(errno.EEXIST, f"{path} exists; pass --overwrite (overwrite=True) to replace it")
-    for part in path.parts:
-        if len(os.fsencode(part)) > 255:
-            raise OutputError(errno.ENAMETOOLONG, f"{name} name {part[:40]}… is {len(os.fsencode(part))} bytes, "
-                              "longer than the file system allows (255); choose a shorter name")
     anc = _existing_ancestor(path.parent if str(path.parent) else Path("."))
     if not anc.is_dir():
         raise OutputError(errno.ENOTDIR, f"cannot write {path}: {anc} is a file, not a folder")
