@@ -44,7 +44,7 @@ __all__ = [
     "Limits", "limits", "set_limit", "check_int", "check_float", "check_steps", "check_count", "check_radius",
     "check_fraction", "check_size", "check_choice", "check_sampler", "check_schedule", "check_prompt",
     "check_prompts", "check_image_tensor", "check_mask_tensor", "check_output", "check_outputs",
-    "check_input_file", "check_weight_file", "OutputExistsError", "InputFileNotFound", "wrap_model_errors", "check_device", "check_dtype", "DTYPES",
+    "check_input_file", "check_weight_file", "check_model_path", "OutputExistsError", "InputFileNotFound", "wrap_model_errors", "check_device", "check_dtype", "DTYPES",
 ]
 
 
@@ -104,9 +104,9 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None, *,
         raise InputError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if lo is not None and value < lo:
-        raise InputError(f"{name} must be ≥ {lo}, got {value}")
+        raise InputError(f"{name} must be an integer >= {lo}, got {value}")
     if hi is not None and value > hi:
-        raise InputError(f"{name} must be ≤ {hi}, got {value}")
+        raise InputError(f"{name} must be an integer <= {hi}, got {value}")
     if limit is not None:
         cap = getattr(limits(), limit)
         if value > cap:
@@ -134,7 +134,10 @@ def check_float(name: str, value, lo: float | None = None, hi: float | None = No
 
 def check_fraction(name: str, value) -> float:
     """A number in [0, 1]."""
-    return check_float(name, value, 0.0, 1.0)
+    v = check_float(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise InputError(f"{name} must lie in [0, 1], got {v:g}")
+    return v
 
 
 def check_steps(value, name: str = "steps", *, allow_none: bool = True, training: bool = False) -> int | None:
@@ -351,6 +354,17 @@ def check_input_file(path, name: str = "input") -> Path:
         raise InputError(f"{name} {path} is not a file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{name} file {path} is not readable")
+    return path
+
+
+def check_model_path(name) -> Path:
+    """A model path given by name: a non-empty string whose parts fit the file system."""
+    text = os.fspath(name) if isinstance(name, os.PathLike) else name
+    if not isinstance(text, str) or not text.strip() or "\x00" in text:
+        raise InputError(f"model must be a built-in name or a path, got {name!r}")
+    path = Path(text).expanduser()
+    if any(len(os.fsencode(p)) > 255 for p in path.parts):
+        raise InputError(f"model path {text[:40]}… has a part longer than 255 bytes; no such file can exist")
     return path
 
 

@@ -230,11 +230,18 @@ def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu"
                 "reinstall condiff or train them with the recipes in recipes/"
             )
         return _load_builtin(device, dtype)
-    path = Path(name_or_path).expanduser()
+    from ..validate import check_model_path
+
+    path = check_model_path(name_or_path)
     if path.exists():
         from .sd_loader import load_sd
 
-        return load_sd(path, device=device, dtype=dtype, **kwargs)
+        try:
+            return load_sd(path, device=device, dtype=dtype, **kwargs)
+        except (ValueError, KeyError, IndexError, EOFError) as err:
+            if isinstance(err, ModelError) or isinstance(err, InputError):
+                raise
+            raise ModelError(f"cannot load model {path}: {' '.join(str(err).split())[:200]}") from err
     raise ModelError(
         f"unknown model {name_or_path!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}) and no such file or "
         "folder; give a local Stable Diffusion folder or .safetensors file"

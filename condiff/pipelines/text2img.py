@@ -53,8 +53,9 @@ def generate(
     pipeline once per image instead, so image i is bit-identical to the single image of seed + i
     (cost: no batching speed-up, about batch × the time of one image).
     """
+    V.check_prompts(prompt)
     if batch_size is None:
-        batch_size = 1 if isinstance(prompt, str) else len(list(prompt))
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
     check_request(prompt=prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
                   schedule=schedule, seed=seed, batch=batch_size, eta=eta)
     prompts = as_prompt_list(prompt, batch_size)
