@@ -146,6 +146,7 @@ def inpaint(
             raw = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
     out = blend_back(image.float().cpu(), raw, mask.cpu(), method=blend, color_match=color_match, feather=feather) \
         if composite else raw
+    out = out.clamp(0, 1)  # Poisson blending and colour matching can overshoot; images are in [0, 1]
     params = base_params(
         model, pipeline="inpaint", method=method, prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
         negative=negative, guidance=guidance, steps=n_steps, sampler=sampler, schedule=schedule or "default",
