@@ -189,8 +189,8 @@ def run(argv: List[str] | None = None) -> int:
     status 2, like every other bad input.
     """
     click = _click_exceptions()
-    _register_commands()
     try:
+        _register_commands()
         rv = app(args=argv, prog_name="condiff", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except click.NoArgsIsHelpError as err:

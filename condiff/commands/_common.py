@@ -8,9 +8,11 @@ Output naming: one image goes to ``--out`` itself; several (``--batch N``, ``--n
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import typer
 
@@ -53,6 +55,47 @@ GUIDANCE_OPT = typer.Option(None, "--guidance", "-g", help="Classifier-free guid
 NEGATIVE_OPT = typer.Option("", "--negative", "-n", help="Negative prompt (the CFG 'unconditional' branch).")
 LORA_OPT = typer.Option([], "--lora", help="LoRA file to apply, FILE or FILE:WEIGHT (repeatable; kohya or diffusers/PEFT keys).")
 EMBEDDING_OPT = typer.Option([], "--embedding", help="Textual-inversion embedding file (A1111 or diffusers; repeatable).")
+
+
+#: the options of every sampling command, as (parameter name, type, option)
+SAMPLING = [
+    ("negative", str, NEGATIVE_OPT), ("guidance", Optional[float], GUIDANCE_OPT), ("steps", Optional[int], STEPS_OPT),
+    ("sampler", str, SAMPLER_OPT), ("schedule", Optional[str], SCHEDULE_OPT), ("eta", Optional[float], ETA_OPT),
+    ("seed", int, SEED_OPT),
+]
+#: model, device and output options of the latent-model commands
+RUN = [
+    ("model", str, MODEL_OPT), ("device", Optional[str], DEVICE_OPT), ("dtype", str, DTYPE_OPT),
+    ("overwrite", bool, OVERWRITE_OPT), ("progress", bool, PROGRESS_OPT), ("as_json", bool, JSON_OPT),
+    ("threads", Optional[int], THREADS_OPT),
+]
+
+
+def with_options(**groups: list) -> Callable:
+    """Decorator: add each group of shared options (:data:`SAMPLING`, :data:`RUN`, …) to a command's
+    signature; the command receives a group as one dict under the group's keyword.
+
+    One declaration of each shared option instead of a copy per command; Typer reads the combined
+    signature, so ``--help`` is unchanged.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name not in groups]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t)
+                 for group in groups.values() for n, t, opt in group]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            parts = {g: {n: kwargs.pop(n) for n, _, _ in group} for g, group in groups.items()}
+            return fn(**kwargs, **parts)
+
+        params = own + added
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return deco
 
 
 def sampling(steps, sampler, schedule, seed, guidance, negative, eta=None) -> dict[str, Any]:

@@ -17,11 +17,9 @@ def register(app: typer.Typer) -> None:
     app.command("inpaint")(inpaint)
 
 
+@C.with_options(sampling=C.SAMPLING, run=C.RUN)
 def generate(
     prompt: str = typer.Argument(..., help="What to draw, e.g. 'a cat face, flat style'."),
-    negative: str = C.NEGATIVE_OPT, guidance: Optional[float] = C.GUIDANCE_OPT, steps: Optional[int] = C.STEPS_OPT,
-    sampler: str = C.SAMPLER_OPT, schedule: Optional[str] = C.SCHEDULE_OPT, eta: Optional[float] = C.ETA_OPT,
-    seed: int = C.SEED_OPT,
     batch: int = typer.Option(1, "--batch", min=1, help="Number of images, 1-64 (--limit batch=N); several are "
                               "written as OUT-0.png, OUT-1.png, …"),
     width: Optional[int] = typer.Option(None, "--width", min=8, help="Image width in px, a multiple of the model's "
@@ -34,61 +32,56 @@ def generate(
     style_guidance: Optional[str] = typer.Option(None, "--classifier-guidance", help="STYLE[:SCALE]: classifier "
                                                  "guidance (thesis eq. 3.4) towards a style with the built-in noisy "
                                                  "classifier."),
-    model: str = C.MODEL_OPT, device: Optional[str] = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, as_json: bool = C.JSON_OPT,
-    threads: Optional[int] = C.THREADS_OPT,
+    *, sampling: dict, run: dict,
 ) -> None:
     """Text to image."""
-    from ..pipelines.text2img import generate as run
+    from ..pipelines.text2img import generate as pipeline
 
     V.check_prompt(prompt)
-    kw = C.sampling(steps, sampler, schedule, seed, guidance, negative, eta)
+    kw = C.sampling(**sampling)
     V.check_count(batch, "--batch")
     if width is not None or height is not None:
         V.check_size(height or width, width or height)
-    C.output_paths(out, batch, overwrite)
+    C.output_paths(out, batch, run["overwrite"])
     C.check_personalization_files(lora, embedding)
-    m = C.load(model, device, dtype)
+    m = C.load(run["model"], run["device"], run["dtype"])
     applied = C.personalize(m, lora, embedding)
     base = None
     if style_guidance:
         base, info = C.classifier_guided(m, style_guidance)
         applied["classifier_guidance"] = info
-    res = run(m, prompt, batch_size=batch, width=width, height=height, deterministic=deterministic,
-              show_progress=progress, base=base, **kw)
+    res = pipeline(m, prompt, batch_size=batch, width=width, height=height, deterministic=deterministic,
+              show_progress=run["progress"], base=base, **kw)
     res.params.update(applied)
-    C.save_result(res, out, overwrite, as_json)
+    C.save_result(res, out, run["overwrite"], run["as_json"])
 
 
+@C.with_options(sampling=C.SAMPLING, run=C.RUN)
 def sdedit(
     image: Path = typer.Argument(..., help="Input image (a sketch or a picture)."),
     prompt: str = typer.Argument(..., help="What the result should show."),
     strength: float = typer.Option(0.6, "--strength", "-s", min=0.0, max=1.0,
                                    help="SDEdit t0 in [0, 1]: 0 keeps the input, 1 ignores it."),
-    negative: str = C.NEGATIVE_OPT, guidance: Optional[float] = C.GUIDANCE_OPT, steps: Optional[int] = C.STEPS_OPT,
-    sampler: str = C.SAMPLER_OPT, schedule: Optional[str] = C.SCHEDULE_OPT, eta: Optional[float] = C.ETA_OPT,
-    seed: int = C.SEED_OPT,
     out: Path = typer.Option(Path("condiff-sdedit.png"), "--out", "-o", help="Output PNG."),
-    model: str = C.MODEL_OPT, device: Optional[str] = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, as_json: bool = C.JSON_OPT,
-    threads: Optional[int] = C.THREADS_OPT,
+    *, sampling: dict, run: dict,
 ) -> None:
     """SDEdit (thesis 3.1.2): noise the input to strength t0, then denoise towards the prompt."""
     from ..images import fit_image, load_image
-    from ..pipelines.text2img import sdedit as run
+    from ..pipelines.text2img import sdedit as pipeline
 
     V.check_prompt(prompt)
-    kw = C.sampling(steps, sampler, schedule, seed, guidance, negative, eta)
+    kw = C.sampling(**sampling)
     strength = V.check_fraction("strength", strength)
-    C.output_paths(out, 1, overwrite)
+    C.output_paths(out, 1, run["overwrite"])
     img = load_image(image)
-    m = C.load(model, device, dtype)
+    m = C.load(run["model"], run["device"], run["dtype"])
     img = fit_image(img, size=(m.image_size, m.image_size))
-    res = run(m, img, prompt, strength=strength, show_progress=progress, **kw)
+    res = pipeline(m, img, prompt, strength=strength, show_progress=run["progress"], **kw)
     res.params["input"] = str(image)
-    C.save_result(res, out, overwrite, as_json)
+    C.save_result(res, out, run["overwrite"], run["as_json"])
 
 
+@C.with_options(sampling=C.SAMPLING, run=C.RUN)
 def inpaint(
     image: Path = typer.Argument(..., help="Input image."),
     mask: Path = typer.Argument(..., help="Mask image, same size: white = repaint (L, RGB or RGBA)."),
@@ -106,31 +99,26 @@ def inpaint(
     resamples: int = typer.Option(4, "--resamples", min=1, max=100, help="RePaint resamplings r per jump."),
     no_composite: bool = typer.Option(False, "--no-composite", help="Return the raw model output (pixels outside "
                                       "the mask change)."),
-    negative: str = C.NEGATIVE_OPT, guidance: Optional[float] = C.GUIDANCE_OPT, steps: Optional[int] = C.STEPS_OPT,
-    sampler: str = C.SAMPLER_OPT, schedule: Optional[str] = C.SCHEDULE_OPT, eta: Optional[float] = C.ETA_OPT,
-    seed: int = C.SEED_OPT,
     out: Path = typer.Option(Path("condiff-inpaint.png"), "--out", "-o", help="Output PNG."),
-    model: str = C.MODEL_OPT, device: Optional[str] = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
-    overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT, as_json: bool = C.JSON_OPT,
-    threads: Optional[int] = C.THREADS_OPT,
+    *, sampling: dict, run: dict,
 ) -> None:
     """Inpainting (thesis 4.3): outside the mask the input is returned exactly (unless --no-composite)."""
     from ..compositing import BLEND_METHODS
     from ..images import load_image, load_mask
     from ..pipelines.inpaint import INPAINT_METHODS
-    from ..pipelines.inpaint import inpaint as run
+    from ..pipelines.inpaint import inpaint as pipeline
 
     V.check_prompt(prompt)
     V.check_choice("--method", method, INPAINT_METHODS)
     V.check_choice("--blend", blend, BLEND_METHODS)
     feather = V.check_radius("--feather", feather)
-    kw = C.sampling(steps, sampler, schedule, seed, guidance, negative, eta)
-    C.output_paths(out, 1, overwrite)
+    kw = C.sampling(**sampling)
+    C.output_paths(out, 1, run["overwrite"])
     img, msk = load_image(image), load_mask(mask)
     V.check_mask_tensor(msk, img)
-    m = C.load(model, device, dtype)
-    res = run(m, img, msk, prompt, method=method, blend=blend, color_match=color_match, feather=feather,
+    m = C.load(run["model"], run["device"], run["dtype"])
+    res = pipeline(m, img, msk, prompt, method=method, blend=blend, color_match=color_match, feather=feather,
               composite=not no_composite, crop_to_mask=crop_to_mask, crop_padding=padding, jump_length=jump_length,
-              resamples=resamples, show_progress=progress, **kw)
+              resamples=resamples, show_progress=run["progress"], **kw)
     res.params.update(input=str(image), mask=str(mask))
-    C.save_result(res, out, overwrite, as_json)
+    C.save_result(res, out, run["overwrite"], run["as_json"])

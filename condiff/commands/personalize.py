@@ -10,7 +10,6 @@ size are then printed).
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import shutil
 from dataclasses import dataclass
@@ -129,23 +128,18 @@ def training_command(group: typer.Typer, name: str, suffixes: tuple[str, ...]) -
     """Register ``fn(job, **own_options)`` as ``personalize NAME`` with the :data:`_SHARED` options added."""
 
     def deco(fn: Callable) -> Callable:
-        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "job"]
-        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt in _SHARED]
-
+        @C.with_options(job=_SHARED)
         @functools.wraps(fn)
-        def command(**kwargs):
-            job = Job(**{n: kwargs.pop(n) for n, _, _ in _SHARED})
-            job.check(suffixes)
+        def command(job: dict, **kwargs):
+            run = Job(**job)
+            run.check(suffixes)
             ok = False
             try:
-                fn(job, **kwargs)
+                fn(run, **kwargs)
                 ok = True
             finally:
-                job.finish(ok)
+                run.finish(ok)
 
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
         group.command(name)(command)
         return fn
 
