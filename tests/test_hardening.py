@@ -340,3 +340,27 @@ def test_hierarchy_subclasses_builtin_types():
     assert issubclass(OutputError, OSError) and issubclass(V.OutputExistsError, FileExistsError)
     assert issubclass(V.InputFileNotFound, FileNotFoundError) and issubclass(ModelError, CondiffError)
     assert read_png_parameters  # imported API stays
+
+
+def test_threads_default_and_option(capsys, monkeypatch, tmp_path):
+    from condiff.models.registry import default_threads, set_threads
+
+    n = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert default_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        cores = len(os.sched_getaffinity(0))
+        assert 1 <= default_threads() <= cores
+        monkeypatch.setattr(os, "getloadavg", lambda: (cores + 5.0, 0.0, 0.0))  # a busy machine: one thread
+        assert default_threads() == 1
+        code, out, err = run(capsys, "samplers", "--json")
+        assert code == 0
+        cli.run(["--threads", "2", "samplers"])
+        assert torch.get_num_threads() == 2
+        code, _, err = run(capsys, "generate", "a cat", "--threads", "0", "--out", tmp_path / "o.png")
+        assert code == 2 and "--threads" in one_line_error(err)
+        with pytest.raises(InputError):
+            set_threads(0)
+    finally:
+        torch.set_num_threads(n)

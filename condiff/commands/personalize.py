@@ -220,6 +220,7 @@ def _read_captions(captions: Optional[Path]) -> dict | None:
     return given
 
 
+# (same shape as dreambooth's option list: different options, defaults and help of one kind of declaration)
 def textual_inversion(
     job: Job,
     token: str = typer.Option("<sks>", "--token", help="The new placeholder word."),
