@@ -4,7 +4,7 @@ Sub-commands live one module each in ``condiff.commands``; every module there de
 ``register(app: typer.Typer) -> None`` and is discovered at start-up, so commands can be added
 without editing this file.
 
-**One error boundary** (:func:`boundary`) wraps every command: a failure is one line on stderr,
+**One error boundary** (:func:`run`, the entry point) around every command: a failure is one line on stderr,
 ``error: …`` naming the problem and the fix, with exit status 2 for bad input (condiff's
 ``InputError``/``LimitError``/``ModelError``/``OutputError``, and usage errors) and 1 for runtime
 failures (``NonFiniteError``, ``DeviceError``, ``Cancelled``, anything unexpected). ``--debug`` or
@@ -13,13 +13,12 @@ failures (``NonFiniteError``, ``DeviceError``, ``Cancelled``, anything unexpecte
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import pkgutil
 import shutil
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
@@ -124,39 +123,6 @@ def one_line(err: BaseException) -> str:
     return f"unexpected {type(err).__name__}: {text} (run with --debug for the traceback and report it)"
 
 
-def boundary(fn: Callable) -> Callable:
-    """Run a command; turn any failure into one ``error:`` line on stderr and exit status 1 or 2."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, SystemExit):
-            raise
-        except Exception as err:  # noqa: BLE001 - this is the boundary
-            if isinstance(err, _click_exceptions().ClickException) or _debug():
-                raise
-            typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(exit_status(err)) from None
-        except KeyboardInterrupt as err:
-            if _debug():
-                raise
-            typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(130) from None
-
-    run.__condiff_boundary__ = True
-    return run
-
-
-def _wrap_all(typer_app: typer.Typer) -> None:
-    for info in typer_app.registered_commands:
-        if info.callback is not None and not getattr(info.callback, "__condiff_boundary__", False):
-            info.callback = boundary(info.callback)
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _wrap_all(group.typer_instance)
-
-
 _registered = False
 
 
@@ -173,7 +139,6 @@ def _register_commands() -> None:
         register = getattr(module, "register", None)
         if register is not None:
             register(app)
-    _wrap_all(app)
     _registered = True
 
 
@@ -203,7 +168,11 @@ def run(argv: List[str] | None = None) -> int:
         return _fail(" ".join(err.format_message().split()), err.exit_code)
     except typer.Abort:
         return _fail("aborted", EXIT_RUNTIME)
-    except Exception as err:  # noqa: BLE001 - failures outside a command (start-up, option callbacks)
+    except KeyboardInterrupt as err:
+        if _debug():
+            raise
+        return _fail(one_line(err), 130)
+    except Exception as err:  # noqa: BLE001 - this is the boundary: any failure of any command
         if _debug():
             raise
         return _fail(one_line(err), exit_status(err))
