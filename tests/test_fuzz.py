@@ -276,7 +276,8 @@ def test_cli_numbers_and_strings(workspace, command, data):
     run_cli(argv, out_dir, "cli-numbers")
 
 
-@given(prompt=TEXT, name=NAMES, command=st.sampled_from(["generate", "sdedit", "control"]))
+@given(prompt=TEXT, name=st.tuples(NAMES, st.booleans()).map(lambda t: t[0] + ".png" if t[1] else t[0]),
+       command=st.sampled_from(["generate", "sdedit", "control"]))
 def test_cli_prompts_and_paths(workspace, prompt, name, command):
     out_dir = workspace / "out-paths"
     out_dir.mkdir(exist_ok=True)
@@ -355,7 +356,8 @@ def test_api_numbers(data):
     from condiff.models.registry import load_model
     from condiff.pipelines.text2img import generate
 
-    kw = {k: data.draw(st.one_of(st.none(), NUMBERS)) for k in data.draw(
+    kw = {k: data.draw(st.one_of(st.none(), NUMBERS, st.lists(st.integers(0, 9), max_size=3)))
+          for k in data.draw(
         st.lists(st.sampled_from(["steps", "guidance", "batch_size", "height", "width", "seed", "eta"]), max_size=4,
                  unique=True))}
     for k in ("sampler", "schedule", "negative"):

@@ -50,7 +50,9 @@ def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
     if len(prompts) == 1:
         return prompts * batch
     if len(prompts) != batch:
-        raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
+        from ..errors import InputError
+
+        raise InputError(f"got {len(prompts)} prompts for a batch of {batch}; give one prompt or one per image")
     return prompts
 
 
@@ -60,7 +62,9 @@ def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:
         return NoiseSource(seed, batch)
     seeds = list(seed)
     if len(seeds) != batch:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+        from ..errors import InputError
+
+        raise InputError(f"got {len(seeds)} seeds for a batch of {batch}; give one seed or one per image")
     return NoiseSource(seeds)
 
 
