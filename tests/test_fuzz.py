@@ -276,8 +276,10 @@ def test_cli_numbers_and_strings(workspace, command, data):
     run_cli(argv, out_dir, "cli-numbers")
 
 
-@given(prompt=TEXT, name=st.tuples(NAMES, st.booleans()).map(lambda t: t[0] + ".png" if t[1] else t[0]),
-       command=st.sampled_from(["generate", "sdedit", "control"]))
+OUT_NAMES = st.tuples(NAMES, st.booleans()).map(lambda t: t[0] + ".png" if t[1] else t[0])
+
+
+@given(prompt=TEXT, name=OUT_NAMES, command=st.sampled_from(["generate", "sdedit", "control"]))
 def test_cli_prompts_and_paths(workspace, prompt, name, command):
     out_dir = workspace / "out-paths"
     out_dir.mkdir(exist_ok=True)
@@ -372,9 +374,10 @@ def test_api_numbers(data):
         run_api(lambda: generate(StubModel(), prompt, **kw), "api-generate")
 
 
-@given(name=NAMES, overwrite=st.booleans())
+@given(name=OUT_NAMES, overwrite=st.booleans())
 def test_api_paths(workspace, name, overwrite):
     run_api(lambda: V.check_output(workspace / "paths" / name, overwrite), "api-paths")
+    assert not (workspace / "paths").exists()  # checking creates nothing
 
 
 @given(img=image_files())
