@@ -37,6 +37,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from .errors import InputError, LimitError
 from .io import atomic_path, check_writable
 
 __all__ = [
@@ -68,23 +69,26 @@ ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
 def _open(src: ImageSource, max_pixels: int, what: str) -> Image.Image:
     """Any accepted source as a loaded PIL image, with size limits checked before decoding."""
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} file {path} does not exist")
+        from .validate import check_input_file
+
+        path = check_input_file(src, what)
         try:
             with Image.open(path) as im:
                 _check_pixels(im.size, max_pixels, f"{what} {path}")
                 im.load()
-                return im.copy()
+                return _unit_modes(im.copy(), f"{what} {path}")
         except (UnidentifiedImageError, Image.DecompressionBombError) as err:
             if isinstance(err, Image.DecompressionBombError):
-                raise ValueError(f"{what} {path} is too large to decode safely ({err})") from None
-            raise ValueError(f"{what} {path} is not a readable image (PNG, JPEG, WebP, …)") from None
-        except OSError as err:
-            raise ValueError(f"{what} {path} could not be decoded: {err}") from None
+                raise LimitError(f"{what} {path} is too large to decode safely ({err})") from None
+            raise InputError(f"{what} {path} is not a readable image (PNG, JPEG, WebP, …)") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{what} {path} could not be decoded (truncated or corrupt: "
+                             f"{' '.join(str(err).split())[:100]})") from None
     if isinstance(src, Image.Image):
         _check_pixels(src.size, max_pixels, what)
-        return src
+        return _unit_modes(src, what)
     if isinstance(src, Tensor):
         src = src.detach().cpu().numpy()
         if src.ndim == 4 and src.shape[0] == 1:
@@ -93,15 +97,36 @@ def _open(src: ImageSource, max_pixels: int, what: str) -> Image.Image:
             src = np.moveaxis(src, 0, -1)  # CHW tensor → HWC array
     if isinstance(src, np.ndarray):
         return _from_array(src, max_pixels, what)
-    raise ValueError(f"{what} must be a path, PIL image, numpy array or tensor, got {type(src).__name__}")
+    raise InputError(f"{what} must be a path, PIL image, numpy array or tensor, got {type(src).__name__}")
+
+
+def _unit_modes(im: Image.Image, what: str) -> Image.Image:
+    """32-bit float ("F") and 16/32-bit integer ("I", "I;16") grey images as 8-bit "L".
+
+    Float pictures (e.g. a float TIFF) in [0, 1] are scaled by 255, those in [0, 255] kept; integer
+    pictures are read as 16-bit (÷ 257) when any value exceeds 255. Other ranges are an InputError.
+    """
+    if im.mode not in ("F", "I") and not im.mode.startswith("I;16"):
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(a).all() or a.min() < 0:
+        raise InputError(f"{what} holds negative or non-finite values; give a picture in [0, 1] or 0-255")
+    hi = float(a.max())
+    if im.mode == "F" and hi <= 1:
+        a = a * 255
+    elif hi > 255:
+        if hi > 65535:
+            raise InputError(f"{what} holds values up to {hi:g}, outside 0-65535; convert it to 8 or 16 bits")
+        a = a / 257
+    return Image.fromarray(np.round(a).astype(np.uint8), mode="L")
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int, what: str) -> None:
     w, h = size
     if w < 1 or h < 1:
-        raise ValueError(f"{what} is empty ({w}×{h})")
+        raise InputError(f"{what} is empty ({w}×{h})")
     if w * h > max_pixels:
-        raise ValueError(
+        raise LimitError(
             f"{what} is {w}×{h} = {w * h / 1e6:.1f} Mpx, over the limit of {max_pixels / 1e6:.1f} Mpx; "
             "downscale it first or raise max_pixels"
         )
@@ -111,17 +136,17 @@ def _from_array(a: np.ndarray, max_pixels: int, what: str) -> Image.Image:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)):
-        raise ValueError(f"{what} array must be [H, W], [H, W, 3] or [H, W, 4], got shape {a.shape}")
+        raise InputError(f"{what} array must be [H, W], [H, W, 3] or [H, W, 4], got shape {a.shape}")
     _check_pixels((a.shape[1], a.shape[0]), max_pixels, what)
     if a.dtype == np.uint8:
         u8 = a
     elif np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_:
         a = a.astype(np.float64)
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ValueError(f"a float {what} array must hold values in [0, 1]")
+            raise InputError(f"a float {what} array must hold values in [0, 1]")
         u8 = np.round(a * 255).astype(np.uint8)
     else:
-        raise ValueError(f"{what} array must be uint8 (0-255) or float (0-1), got {a.dtype}")
+        raise InputError(f"{what} array must be uint8 (0-255) or float (0-1), got {a.dtype}")
     return Image.fromarray(np.ascontiguousarray(u8))
 
 
@@ -134,7 +159,7 @@ def _to_tensor(arr: np.ndarray) -> Tensor:
 
 def _check_size(t: Tensor, size: tuple[int, int] | None, what: str) -> Tensor:
     if size is not None and (t.shape[-1], t.shape[-2]) != tuple(size):
-        raise ValueError(
+        raise InputError(
             f"{what} is {t.shape[-1]}×{t.shape[-2]} but {size[0]}×{size[1]} (W×H) is required; "
             "resize it (condiff.images.fit_image) or pass an image of that size"
         )
@@ -170,7 +195,7 @@ def mask_from_alpha(src: ImageSource, *, size: tuple[int, int] | None = None, ma
     """The hole of an RGBA picture as a mask: 1 − alpha (transparent = repaint; DALL·E's convention)."""
     im = _open(src, max_pixels, "image")
     if "A" not in im.getbands() and not (im.mode == "P" and "transparency" in im.info):
-        raise ValueError("this image has no alpha channel: give an RGBA image whose transparent pixels mark the hole")
+        raise InputError("this image has no alpha channel: give an RGBA image whose transparent pixels mark the hole")
     alpha = np.asarray(im.convert("RGBA"))[..., 3]
     return _check_size(_to_tensor(255 - alpha), size, "mask")
 
@@ -181,16 +206,16 @@ def mask_from_alpha(src: ImageSource, *, size: tuple[int, int] | None = None, ma
 def _fit_geometry(w: int, h: int, size: tuple[int, int] | None, shorter_side: int | None, multiple: int):
     """(scaled W, scaled H, crop box (left, top, right, bottom)) of the resizing rule."""
     if size is not None and shorter_side is not None:
-        raise ValueError("give either size=(W, H) or shorter_side, not both")
+        raise InputError("give either size=(W, H) or shorter_side, not both")
     if size is not None:
         tw, th = (int(v) for v in size)
         if tw < multiple or th < multiple:
-            raise ValueError(f"target size must be at least {multiple}×{multiple}, got {tw}×{th}")
+            raise InputError(f"target size must be at least {multiple}×{multiple}, got {tw}×{th}")
         scale = max(tw / w, th / h)
         sw, sh = max(tw, round(w * scale)), max(th, round(h * scale))
     elif shorter_side is not None:
         if shorter_side < multiple:
-            raise ValueError(f"shorter_side must be ≥ {multiple}, got {shorter_side}")
+            raise InputError(f"shorter_side must be ≥ {multiple}, got {shorter_side}")
         scale = shorter_side / min(w, h)
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
         tw, th = sw, sh
@@ -198,7 +223,7 @@ def _fit_geometry(w: int, h: int, size: tuple[int, int] | None, shorter_side: in
         sw, sh, tw, th = w, h, w, h
     tw, th = tw - tw % multiple, th - th % multiple
     if tw < 1 or th < 1:
-        raise ValueError(f"image of {w}×{h} px is smaller than {multiple} px on a side; it cannot be used")
+        raise InputError(f"image of {w}×{h} px is smaller than {multiple} px on a side; it cannot be used")
     left, top = (sw - tw) // 2, (sh - th) // 2
     return sw, sh, (left, top, left + tw, top + th)
 
@@ -208,7 +233,7 @@ def fit_image(
 ) -> Tensor:
     """Apply the resizing rule of the module doc to an image or mask tensor [B, C, H, W]."""
     if x.ndim != 4:
-        raise ValueError(f"expected [B, C, H, W], got {tuple(x.shape)}")
+        raise InputError(f"expected [B, C, H, W], got {tuple(x.shape)}")
     h, w = x.shape[-2:]
     sw, sh, (left, top, right, bottom) = _fit_geometry(w, h, size, shorter_side, multiple)
     if (sw, sh) != (w, h):
@@ -223,7 +248,7 @@ def fit_pair(
 ) -> tuple[Tensor, Tensor]:
     """Check an image and its mask have the same size, then apply the same resizing rule to both."""
     if image.shape[-2:] != mask.shape[-2:]:
-        raise ValueError(
+        raise InputError(
             f"mask size {mask.shape[-1]}×{mask.shape[-2]} differs from image size "
             f"{image.shape[-1]}×{image.shape[-2]} (W×H); give a mask drawn on this image"
         )
@@ -248,13 +273,17 @@ def to_pil(x: Tensor) -> Image.Image:
     """A [1, C, H, W] or [C, H, W] tensor in [0, 1] (C = 1, 3 or 4) as an 8-bit PIL image (rounded)."""
     if x.ndim == 4:
         if x.shape[0] != 1:
-            raise ValueError(f"to_pil takes one image; got a batch of {x.shape[0]} (index it first)")
+            raise InputError(f"to_pil takes one image; got a batch of {x.shape[0]} (index it first)")
         x = x[0]
     if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
-        raise ValueError(f"expected an image [C, H, W] with C in (1, 3, 4), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("image contains NaN or inf")
-    arr = (x.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        raise InputError(f"expected an image [C, H, W] with C in (1, 3, 4), got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        arr = x.detach().cpu().permute(1, 2, 0).numpy()
+    else:
+        from .validate import check_image_tensor
+
+        x = check_image_tensor(x[None].detach().cpu(), "image", channels=None)[0]
+        arr = (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     if arr.shape[-1] == 1:
         return Image.fromarray(np.ascontiguousarray(arr[..., 0]))
     return Image.fromarray(np.ascontiguousarray(arr))

@@ -202,7 +202,7 @@ def cli(tmp_path, monkeypatch):
 
 def test_cli_writes_result_and_condition(tmp_path, cli):
     out = tmp_path / "res" / "cat.png"
-    res = cli(tmp_path / "in.png", "a red cat", "--type", "canny", "--steps", "2", "--out", out, "--no-progress",
+    res = cli(tmp_path / "in.png", "a red cat", "--type", "canny", "--steps", "2", "--out", out, "--no-progress", "--json",
               "--device", "cpu", "--seed", "3")
     assert res.exit_code == 0, (res.output, res.exception)
     report = json.loads(res.stdout.strip().splitlines()[-1])

@@ -273,7 +273,7 @@ def test_cli_runs_two_step_jobs(tmp_path, monkeypatch):
     for i in range(2):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
     runner = CliRunner()
-    common = ["--images", str(folder), "--class-noun", "woman", "--steps", "2", "--device", "cpu", "--no-progress"]
+    common = ["--images", str(folder), "--class-noun", "woman", "--steps", "2", "--device", "cpu", "--no-progress", "--json"]
     jobs = {
         "lora": (["personalize", "lora", "--layout", "kohya", "--out", str(tmp_path / "l.safetensors")], "l.safetensors"),
         "ti": (["personalize", "textual-inversion", "--token", "<zq>", "--num-vectors", "2", "--format", "a1111-pt",

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from .. import validate as V
 from . import _common as C
 
 
@@ -16,31 +17,36 @@ def register(app: typer.Typer) -> None:
 
 def variations(
     image: Path = typer.Argument(..., help="The picture to vary (center-cropped to a square)."),
-    n: int = typer.Option(4, "--n", "-n", help="Number of variations."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first variation; variation i uses seed + i."),
+    n: int = typer.Option(4, "--n", "-n", help="Number of variations, 1-64 (--limit n=N); written as OUT-0.png … "
+                          "OUT-{N-1}.png (one variation: OUT itself)."),
+    seed: int = C.SEED_OPT,
     prompt: str = typer.Option("", "--prompt", "-p", help="Optional caption also given to the decoder."),
-    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="CFG on the image embedding (default: the model card's)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Decoder sampling steps (default: the model card's)."),
-    sampler: str = typer.Option("dpmpp_2m", "--sampler", help="Sampler name (condiff samplers list)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="CFG on the image embedding, a finite number (default: the model card's)."),
+    steps: Optional[int] = C.STEPS_OPT,
+    sr_steps: Optional[int] = typer.Option(None, "--sr-steps", min=1, help="Steps of the ×2 upsampler stage (default: --steps)."),
+    noise_level: Optional[float] = typer.Option(None, "--noise-level", min=0.0, max=1.0, help="Upsampler noise augmentation in [0, 1] (default: the model card's)."),
+    sampler: str = C.SAMPLER_OPT, schedule: Optional[str] = C.SCHEDULE_OPT,
     out: Path = typer.Option(Path("condiff-variations.png"), "--out", "-o", help="Output PNG; several get -0, -1, … suffixes."),
-    device: str = C.DEVICE_OPT, overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    device: Optional[str] = C.DEVICE_OPT, overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    as_json: bool = C.JSON_OPT, threads: Optional[int] = C.THREADS_OPT,
+    provenance: Optional[bool] = C.PROVENANCE_OPT,
 ) -> None:
     """Encode the picture with unCLIP's image tower (unclip-embedder) and decode it with fresh noise: same meaning, new details."""
     from ..images import fit_image, load_image
     from ..models.unclip import load_unclip
     from ..pipelines.unclip import variations as run
 
-    if n < 1:
-        raise ValueError(f"--n must be at least 1, got {n}")
-    paths = C.output_paths(out, n)
-    for p in paths:
-        if p.exists() and not overwrite:
-            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    n = V.check_count(n, "--n", limit="n")
+    kw = C.sampling(steps, sampler, schedule, seed, guidance, "")
+    kw.pop("negative")
+    V.check_prompt(prompt)
+    V.check_steps(sr_steps, "--sr-steps")
+    C.output_paths(out, n, overwrite)
     img = load_image(image)
     side = min(img.shape[-2:])
     img = fit_image(img, size=(side, side), multiple=1)
     model = load_unclip(device=C.resolve_device(device))
-    res = run(model, img, n=n, seed=seed, prompt=prompt, guidance=guidance, steps=steps, sampler=sampler,
-              show_progress=progress)
+    res = run(model, img, n=n, prompt=prompt, sr_steps=sr_steps, noise_level=noise_level, show_progress=progress,
+              **kw)
     res.params["input"] = str(image)
-    C.save_result(res, out, overwrite)
+    C.save_result(res, out, overwrite, as_json, provenance)

@@ -37,6 +37,8 @@ __all__ = [
     "model_summary",
     "builtin_text_encoder",
     "configure_cpu",
+    "default_threads",
+    "set_threads",
 ]
 
 WEIGHTS_DIR = Path(os.environ.get("CONDIFF_WEIGHTS", Path(__file__).resolve().parent.parent / "weights"))
@@ -160,6 +162,36 @@ def _load_builtin(device, dtype) -> LatentDiffusion:
     )
 
 
+def default_threads() -> int:
+    """CPU threads for inference: ``OMP_NUM_THREADS`` when set, else the cores this process may use
+    minus the one-minute load average (at least 1).
+
+    On a shared 2-core machine under load, 2 threads took a median 19.7 s per built-in image against
+    3.6 s with 1 thread: oversubscribed threads wait on each other.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads (``None``: :func:`default_threads`); returns the number set."""
+    from ..validate import check_int
+
+    n = default_threads() if threads is None else check_int("threads", threads, 1, 1024)
+    torch.set_num_threads(n)
+    return n
+
+
 def configure_cpu() -> None:
     """Turn off oneDNN (mkldnn) convolutions for CPU inference unless CONDIFF_ONEDNN=1.
 
@@ -176,23 +208,41 @@ def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu"
     """Load a model by built-in name or local path (never from the network).
 
     On a CPU this calls :func:`configure_cpu` (oneDNN off; set CONDIFF_ONEDNN=1 to keep it).
+    Raises :class:`~condiff.errors.InputError` for a name that is not a string or path,
+    :class:`~condiff.errors.DeviceError` for a device or dtype this machine lacks and
+    :class:`~condiff.errors.ModelError` for a model that cannot be found or loaded.
     """
-    if torch.device(device).type == "cpu":
+    from ..errors import InputError, ModelError
+    from ..validate import check_device, check_dtype
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise InputError(f"model must be a built-in name ({', '.join(BUILTIN_MODELS)}) or a path, "
+                         f"got {type(name_or_path).__name__}")
+    device = check_device(device)
+    dtype = check_dtype(dtype, device)
+    if device.type == "cpu":
         configure_cpu()
     if name_or_path in BUILTIN_MODELS:
         missing = [c for c in ("ldm", "vae") if not builtin_components().get(c)]
         if missing:
-            raise ValueError(
+            raise ModelError(
                 f"the built-in model's weights are missing ({', '.join(missing)} under {WEIGHTS_DIR}); "
                 "reinstall condiff or train them with the recipes in recipes/"
             )
         return _load_builtin(device, dtype)
-    path = Path(name_or_path).expanduser()
+    from ..validate import check_model_path
+
+    path = check_model_path(name_or_path)
     if path.exists():
         from .sd_loader import load_sd
 
-        return load_sd(path, device=device, dtype=dtype, **kwargs)
-    raise ValueError(
+        try:
+            return load_sd(path, device=device, dtype=dtype, **kwargs)
+        except (ValueError, KeyError, IndexError, EOFError) as err:
+            if isinstance(err, ModelError) or isinstance(err, InputError):
+                raise
+            raise ModelError(f"cannot load model {path}: {' '.join(str(err).split())[:200]}") from err
+    raise ModelError(
         f"unknown model {name_or_path!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}) and no such file or "
         "folder; give a local Stable Diffusion folder or .safetensors file"
     )

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..denoisers import Cond
+from ..errors import InputError, NonFiniteError
 from ..io import atomic_path
 from ..train.schedule import LRSchedule
 
@@ -73,24 +74,27 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files of ``folder`` (sorted by name)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise InputError(f"image folder {folder} does not exist (or is not a folder); give --images a folder of pictures")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return paths
 
 
 def load_image(path: str | os.PathLike, size: int) -> Tensor:
-    """[3, size, size] in [-1, 1]: transparent pixels on white, centre square crop, bicubic resize."""
+    """[3, size, size] in [-1, 1]: transparent pixels on white, centre square crop, bicubic resize.
+
+    A file that is not a complete, decodable picture (truncated, another format, too large) is an
+    :class:`~condiff.errors.InputError` naming it.
+    """
+    from ..images import load_image as load_checked
+    from ..images import to_pil
     from PIL import Image
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        im = im.convert("RGB")
+    try:
+        im = to_pil(load_checked(path))  # limits, float/16-bit modes, alpha on white
+    except InputError as err:
+        raise InputError(f"{err}; remove or replace it in the images folder") from None
     w, h = im.size
     s = min(w, h)
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
@@ -237,8 +241,8 @@ class LoopConfig:
     desc: str = "personalize"
 
     def validate(self) -> "LoopConfig":
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be an integer ≥ 0, got {self.steps!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InputError(f"steps must be an integer ≥ 1 (0 steps would save an untrained result), got {self.steps!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"learning rate must be positive, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -386,7 +390,7 @@ def run_training(
             out = step_loss(step, step_generator(config.seed, step))
         loss, parts = out if isinstance(out, tuple) else (out, {})
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}; lower the learning rate")
+            raise NonFiniteError(f"non-finite loss at step {step}; lower the learning rate")
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip else math.inf)
         optimizer.step()

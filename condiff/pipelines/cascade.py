@@ -30,7 +30,9 @@ from ..editing import BlendInpaint, repaint_sample
 from ..guidance import ClassifierFreeGuidance
 from ..models.cascade import CascadeModel, augmentation_label, downsample
 from ..noise import NoiseSource
-from .common import PipelineResult, as_prompt_list, noise_for, run_sampler, schedule_for
+from .. import validate as V
+from ..samplers.registry import sampler_info
+from .common import PipelineResult, as_prompt_list, check_request, noise_for, run_sampler, schedule_for
 
 __all__ = ["generate", "upscale", "sample_base", "super_resolve", "inpaint", "INPAINT_METHODS"]
 
@@ -38,12 +40,7 @@ INPAINT_METHODS = ("blend", "repaint")
 
 
 def _check_images(image: Tensor, what: str = "image") -> Tensor:
-    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"{what} must be a tensor [B, 3, H, W] with values in [0, 1], got "
-                         f"{tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__}")
-    if not torch.isfinite(image).all() or float(image.min()) < 0 or float(image.max()) > 1:
-        raise ValueError(f"{what} values must lie in [0, 1] (load it with condiff.images.load_image)")
-    return image.float()
+    return V.check_image_tensor(image, what)
 
 
 def _guided(denoiser: Denoiser, model: CascadeModel, cond: Cond, negative: str | Sequence[str], guidance: float,
@@ -147,6 +144,11 @@ def upscale(model: CascadeModel, image: Tensor, prompt: str | Sequence[str] | No
     more detail (default: the model card's, 0.1).
     """
     image = _check_images(image)
+    check_request(prompt=prompt, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule, seed=seed,
+                  batch=image.shape[0])
+    if noise_level is not None:
+        V.check_fraction("noise_level", noise_level)
+    steps = steps or model.info.get("default_steps") or sampler_info(sampler).default_steps
     h, w = image.shape[-2:]
     if h % 4 or w % 4:
         raise ValueError(f"image size {w}×{h} must be a multiple of 4 on each side; crop or resize it "
@@ -155,10 +157,10 @@ def upscale(model: CascadeModel, image: Tensor, prompt: str | Sequence[str] | No
     level = _level(model, noise_level)
     noise = noise_for(seed, image.shape[0])
     high = super_resolve(model, image * 2 - 1, prompts, noise_level=level, guidance=guidance,
-                         steps=steps or model.info.get("default_steps"), sampler=sampler, schedule=schedule,
-                         noise=noise, show_progress=show_progress)
+                         steps=steps, sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress)
     params = {"model": model.name, "pipeline": "cascade-upscale", "prompt": prompt, "noise_level": level,
-              "guidance": guidance, "sampler": sampler, "seeds": list(noise.seeds),
+              "guidance": guidance, "sampler": sampler, "schedule": schedule or "default", "steps": steps,
+              "seeds": list(noise.seeds),
               "input_size": [int(w), int(h)], "output_size": [int(high.shape[-1]), int(high.shape[-2])]}
     return PipelineResult(_unit(high), params)
 

@@ -19,7 +19,8 @@ from ..noise import NoiseSource
 from ..samplers.registry import get_sampler, make_sigmas, sampler_info
 from ..models.ldm import LatentDiffusion
 
-__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "noise_for", "progress"]
+__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "noise_for", "progress",
+           "check_request", "sampler_knobs", "prepare"]
 
 
 @dataclass
@@ -49,7 +50,9 @@ def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
     if len(prompts) == 1:
         return prompts * batch
     if len(prompts) != batch:
-        raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}")
+        from ..errors import InputError
+
+        raise InputError(f"got {len(prompts)} prompts for a batch of {batch}; give one prompt or one per image")
     return prompts
 
 
@@ -59,8 +62,59 @@ def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:
         return NoiseSource(seed, batch)
     seeds = list(seed)
     if len(seeds) != batch:
-        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
+        from ..errors import InputError
+
+        raise InputError(f"got {len(seeds)} seeds for a batch of {batch}; give one seed or one per image")
     return NoiseSource(seeds)
+
+
+def check_request(*, prompt=None, negative="", guidance=None, steps=None, sampler: str = "dpmpp_2m",
+                  schedule: str | None = None, seed=0, batch: int | None = None, eta: float | None = None,
+                  limit: str = "batch") -> None:
+    """The shared input checks of every pipeline (condiff.validate), run before anything is allocated."""
+    from .. import validate as V
+
+    if prompt is not None:
+        V.check_prompts(prompt)
+    if not isinstance(negative, str) or negative:
+        V.check_prompts(negative, "negative prompt")
+    if guidance is not None:
+        V.check_float("guidance", guidance)
+    V.check_steps(steps)
+    V.check_sampler(sampler)
+    V.check_schedule(schedule)
+    if batch is not None:
+        V.check_count(batch, "batch" if limit == "batch" else "n", limit=limit)
+    seeds = [seed] if not isinstance(seed, (list, tuple)) else list(seed)
+    for s in seeds:
+        V.check_int("seed", s, 0, 2**63 - 1)
+    sampler_knobs(sampler, eta)
+
+
+def sampler_knobs(sampler: str, eta: float | None) -> dict[str, Any]:
+    """Extra keyword arguments for the sampler: ``eta`` where the sampler takes it (DDIM, ancestral)."""
+    if eta is None:
+        return {}
+    import inspect
+
+    from .. import validate as V
+
+    eta = V.check_float("eta", eta, 0.0, 1.0)
+    if "eta" not in inspect.signature(get_sampler(sampler)).parameters:
+        from ..errors import InputError
+
+        raise InputError(f"--eta applies to samplers with an η (ddim, euler_ancestral), not {sampler!r}")
+    return {"eta": eta}
+
+
+def prepare(model: LatentDiffusion, prompts: list[str], negative, guidance: float | None, steps: int | None,
+            sampler: str, schedule: str | None, *, base: Denoiser | None = None,
+            extra_cond: dict[str, Any] | None = None) -> tuple[float, Denoiser, Cond, Tensor]:
+    """(γ, guided denoiser, Cond, σ schedule): the set-up every latent pipeline shares."""
+    guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
+    denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra_cond)
+    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
+    return guidance, denoiser, cond, sigmas
 
 
 def guided_denoiser(

@@ -40,7 +40,8 @@ from ..models.ldm import LatentDiffusion
 from ..nn.controlnet import ControlledUNet, ControlNet, ControlNetConfig
 from ..preprocess import get_preprocessor, list_preprocessors
 from ..samplers.registry import model_schedule
-from .common import PipelineResult
+from .. import validate as V
+from .common import PipelineResult, check_request
 from .text2img import generate
 
 __all__ = [
@@ -320,6 +321,7 @@ def control(
     batch_size: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    eta: float | None = None,
     show_progress: bool = True,
 ) -> PipelineResult:
     """Text-to-image under one or several ControlNets (thesis §3.1.3, experiment 1 §4.2.4).
@@ -342,7 +344,13 @@ def control(
     if len(sources) != n:
         raise ValueError(f"got {len(sources)} inputs for {n} control type(s); give one input or one per type")
     scales_, starts, ends = _per_unit(scales, n, "scales"), _per_unit(start, n, "start values"), _per_unit(end, n, "end values")
-    height, width = height or model.image_size, width or model.image_size
+    for s_, a_, b_ in zip(scales_, starts, ends):
+        V.check_float("control scale", s_)
+        V.check_fraction("control start", a_)
+        V.check_fraction("control end", b_)
+    check_request(prompt=prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
+                  schedule=schedule, seed=seed, batch=batch_size, eta=eta)
+    height, width = V.check_size(height or model.image_size, width or model.image_size, multiple=model.downscale)
     _, h_lat, w_lat = model.latent_shape(height, width)
     nets = resolve_controlnets(model, kinds, controlnets)
     conditions: dict[str, Tensor] = {}
@@ -364,7 +372,7 @@ def control(
         raise ValueError(f"a batch of {nb} condition images does not divide the batch size {batch}")
     base = ControlSchedule(model.denoiser(), units)
     result = generate(model, prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
-                      schedule=schedule, seed=seed, batch_size=batch, height=height, width=width,
+                      schedule=schedule, seed=seed, batch_size=batch, height=height, width=width, eta=eta,
                       show_progress=show_progress, base=base)
     result.params.update(pipeline="control", control=[
         {"type": k, "scale": u.scale, "start": u.start, "end": u.end, "preprocess": bool(preprocess)}

@@ -22,13 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..compositing import blend as blend_back
-from ..compositing import check_mask, crop_box, mask_box, paste_box, resize_mask
+from ..compositing import BLEND_METHODS, check_mask, crop_box, mask_box, paste_box, resize_mask
 from ..editing import BlendInpaint, repaint_sample
 from ..models.ldm import LatentDiffusion
 from ..noise import NoiseSource
+from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, from_unit, guided_denoiser, noise_for, progress, run_sampler,
-    schedule_for, to_unit,
+    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, progress, run_sampler,
+    sampler_knobs, to_unit,
 )
 
 __all__ = ["inpaint", "INPAINT_METHODS"]
@@ -44,8 +45,8 @@ def _latent_mask(mask: Tensor, shape: tuple[int, int]) -> Tensor:
 @torch.no_grad()
 def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str], *, method: str, negative,
          guidance: float, steps, sampler: str, schedule, noise: NoiseSource, show_progress: bool,
-         jump_length: int, resamples: int) -> Tensor:
-    """Inpaint images [B, 3, H, W] in [0, 1] at model resolution; returns the raw decoded images in [0, 1]."""
+         jump_length: int, resamples: int, eta: float | None) -> tuple[Tensor, int]:
+    """Inpaint images [B, 3, H, W] in [0, 1] at model resolution: (raw decoded images in [0, 1], steps)."""
     z_known = model.encode(from_unit(image, model.device))
     m_lat = _latent_mask(mask.to(model.device), tuple(z_known.shape[-2:])).expand(z_known.shape[0], 1, -1, -1)
     extra = None
@@ -60,12 +61,13 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
         base = model.denoiser(model.inpaint_unet)
     else:
         base = model.denoiser()
-    denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
+    _, denoiser, cond, sigmas = prepare(model, prompts, negative, guidance, steps, sampler, schedule, base=base,
+                                        extra_cond=extra)
+    knobs = sampler_knobs(sampler, eta)
     x = noise.randn(z_known.shape[1:], device=model.device) * float(sigmas[0])
     if method == "blend":
         wrapped = BlendInpaint(denoiser, m_lat, z_known, renoise=noise)
-        z = run_sampler(wrapped, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress)
+        z = run_sampler(wrapped, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, **knobs)
         z = wrapped.finalize(z)
     elif method == "repaint":
         cb, close = progress(len(sigmas) * resamples, "repaint", show_progress)
@@ -75,8 +77,8 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
         finally:
             close()
     else:
-        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress)
-    return to_unit(model.decode(z))
+        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, **knobs)
+    return to_unit(model.decode(z)), len(sigmas) - 1
 
 
 @torch.no_grad()
@@ -101,6 +103,7 @@ def inpaint(
     crop_padding: int = 16,
     jump_length: int = 5,
     resamples: int = 4,
+    eta: float | None = None,
     show_progress: bool = True,
 ) -> PipelineResult:
     """Inpaint ``image`` [B, 3, H, W] in [0, 1] where ``mask`` ([B|1, 1, H, W], 1 = repaint) is set.
@@ -108,17 +111,22 @@ def inpaint(
     ``result.images`` is the composited output (exact outside the mask when ``composite``);
     ``result.extras["raw"]`` the decoded model output before compositing.
     """
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; choose one of {', '.join(INPAINT_METHODS)}")
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
-    mask = check_mask(mask.float(), image)
+    V.check_choice("inpainting method", method, INPAINT_METHODS)
+    V.check_choice("blend", blend, BLEND_METHODS)
+    image = V.check_image_tensor(image)
+    mask = check_mask(V.check_mask_tensor(mask, image), image)
+    feather = V.check_radius("feather", feather)
+    crop_padding = V.check_int("crop_padding", crop_padding, 0, 4096)
+    jump_length = V.check_int("jump_length", jump_length, 1, 1000)
+    resamples = V.check_int("resamples", resamples, 1, 100)
     batch = image.shape[0]
+    check_request(prompt=prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
+                  schedule=schedule, seed=seed, batch=batch, eta=eta)
     prompts = as_prompt_list(prompt, batch)
     guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
     noise = noise_for(seed, batch)
     kw = dict(method=method, negative=negative, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule,
-              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples)
+              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples, eta=eta)
     size = model.image_size
     if crop_to_mask:
         if batch != 1:
@@ -126,21 +134,23 @@ def inpaint(
         box = mask_box(mask, padding=crop_padding, multiple=model.downscale, aspect=1.0)
         img_c = F.interpolate(crop_box(image, box), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         msk_c = resize_mask(crop_box(mask, box), (size, size))
-        raw_c = _run(model, img_c.clamp(0, 1), msk_c, prompts, **kw)
+        raw_c, n_steps = _run(model, img_c.clamp(0, 1), msk_c, prompts, **kw)
         raw = paste_box(image.clone(), raw_c, box)
     else:
         h, w = image.shape[-2:]
         work = image if (h, w) == (size, size) else F.interpolate(image, size=(size, size), mode="bilinear",
                                                                   antialias=True, align_corners=False).clamp(0, 1)
         wmask = mask if (h, w) == (size, size) else resize_mask(mask, (size, size))
-        raw = _run(model, work, wmask, prompts, **kw)
+        raw, n_steps = _run(model, work, wmask, prompts, **kw)
         if (h, w) != (size, size):
             raw = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
     out = blend_back(image.float().cpu(), raw, mask.cpu(), method=blend, color_match=color_match, feather=feather) \
         if composite else raw
+    out = out.clamp(0, 1)  # Poisson blending and colour matching can overshoot; images are in [0, 1]
     params = base_params(
         model, pipeline="inpaint", method=method, prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
-        negative=negative, guidance=guidance, steps=steps, sampler=sampler, seeds=list(noise.seeds), blend=blend,
+        negative=negative, guidance=guidance, steps=n_steps, sampler=sampler, schedule=schedule or "default",
+        eta=eta, seeds=list(noise.seeds), blend=blend,
         color_match=color_match, feather=feather, composite=composite, crop_to_mask=crop_to_mask,
         **({"jump_length": jump_length, "resamples": resamples} if method == "repaint" else {}),
     )

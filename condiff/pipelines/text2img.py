@@ -15,9 +15,10 @@ from torch import Tensor
 
 from ..editing import sdedit_start, sdedit_steps
 from ..models.ldm import LatentDiffusion
+from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, from_unit, guided_denoiser, noise_for, run_sampler, schedule_for,
-    to_unit,
+    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, run_sampler,
+    sampler_knobs, to_unit,
 )
 
 __all__ = ["generate", "sdedit"]
@@ -37,6 +38,8 @@ def generate(
     batch_size: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    eta: float | None = None,
+    deterministic: bool = False,
     show_progress: bool = True,
     base=None,
     extra_cond: dict | None = None,
@@ -45,26 +48,39 @@ def generate(
     """Text-to-image. ``base`` replaces the U-Net denoiser (e.g. a ControlNet-wrapped one).
 
     ``batch_size`` defaults to the number of prompts (one image per prompt), or 1 for a string.
+    Image i of a batch uses seed + i. Batched, it equals the single image of that seed up to float
+    rounding in the batched network (at most one grey level); ``deterministic=True`` runs the
+    pipeline once per image instead, so image i is bit-identical to the single image of seed + i
+    (cost: no batching speed-up, about batch × the time of one image).
     """
+    V.check_prompts(prompt)
     if batch_size is None:
-        batch_size = 1 if isinstance(prompt, str) else len(list(prompt))
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
+    check_request(prompt=prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
+                  schedule=schedule, seed=seed, batch=batch_size, eta=eta)
     prompts = as_prompt_list(prompt, batch_size)
     batch = len(prompts)
-    guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
-    height = height or model.image_size
-    width = width or model.image_size
-    shape = model.latent_shape(height, width)
-    denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra_cond)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
+    height, width = V.check_size(height or model.image_size, width or model.image_size, multiple=model.downscale)
     noise = noise_for(seed, batch)
+    if deterministic and batch > 1:
+        kw = dict(negative=negative, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule,
+                  height=height, width=width, eta=eta, show_progress=show_progress, base=base,
+                  extra_cond=extra_cond, callback=callback)
+        parts = [generate(model, p, seed=s, batch_size=1, **kw) for p, s in zip(prompts, noise.seeds)]
+        params = dict(parts[0].params, seeds=list(noise.seeds), deterministic=True,
+                      prompt=prompts if len(set(prompts)) > 1 else prompts[0])
+        return PipelineResult(torch.cat([r.images for r in parts]), params, torch.cat([r.latents for r in parts]))
+    shape = model.latent_shape(height, width)
+    guidance, denoiser, cond, sigmas = prepare(model, prompts, negative, guidance, steps, sampler, schedule,
+                                               base=base, extra_cond=extra_cond)
     x = noise.randn(shape, device=model.device, dtype=torch.float32) * float(sigmas[0])
     latents = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress,
-                          callback=callback)
+                          callback=callback, **sampler_knobs(sampler, eta))
     images = to_unit(model.decode(latents))
     params = base_params(
         model, pipeline="text2img", prompt=prompts if len(set(prompts)) > 1 else prompts[0], negative=negative,
         guidance=guidance, steps=len(sigmas) - 1, sampler=sampler, schedule=schedule or "default",
-        seeds=list(noise.seeds), height=height, width=width,
+        seeds=list(noise.seeds), height=height, width=width, eta=eta,
     )
     return PipelineResult(images, params, latents.cpu())
 
@@ -82,27 +98,31 @@ def sdedit(
     sampler: str = "dpmpp_2m",
     schedule: str | None = None,
     seed: int | Sequence[int] = 0,
+    eta: float | None = None,
     show_progress: bool = True,
     base=None,
     extra_cond: dict | None = None,
 ) -> PipelineResult:
-    """SDEdit on images in [0, 1] ([B, 3, H, W]); ``steps`` counts the full schedule (k = ⌊t0·n⌋ run)."""
-    if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W] in [0, 1], got {tuple(image.shape)}")
+    """SDEdit on images in [0, 1] ([B, 3, H, W]; uint8 0-255 accepted); ``steps`` counts the full
+    schedule (k = ⌊t0·n⌋ run)."""
+    image = V.check_image_tensor(image)
     batch = image.shape[0]
+    check_request(prompt=prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
+                  schedule=schedule, seed=seed, batch=batch, eta=eta)
+    strength = V.check_fraction("strength", strength)
     prompts = as_prompt_list(prompt, batch)
-    guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
-    denoiser, cond = guided_denoiser(model, prompts, negative, guidance, base=base, extra_cond=extra_cond)
-    sigmas = schedule_for(denoiser, sampler, steps, schedule, model.info.get("default_steps"))
+    guidance, denoiser, cond, sigmas = prepare(model, prompts, negative, guidance, steps, sampler, schedule,
+                                               base=base, extra_cond=extra_cond)
     noise = noise_for(seed, batch)
     params = base_params(
         model, pipeline="sdedit", prompt=prompts[0] if len(set(prompts)) == 1 else prompts, negative=negative,
         guidance=guidance, steps=len(sigmas) - 1, strength=strength, sampler=sampler, seeds=list(noise.seeds),
-        steps_run=sdedit_steps(len(sigmas) - 1, strength),
+        steps_run=sdedit_steps(len(sigmas) - 1, strength), schedule=schedule or "default", eta=eta,
     )
     if sdedit_steps(len(sigmas) - 1, strength) == 0:
         return PipelineResult(image.float().cpu().clamp(0, 1).clone(), params)  # t0 = 0: the input itself
     z0 = model.encode(from_unit(image, model.device))
     tail, x = sdedit_start(z0, sigmas.to(z0.device), strength, noise)
-    latents = run_sampler(denoiser, x, tail, sampler, cond=cond, noise=noise, show_progress=show_progress)
+    latents = run_sampler(denoiser, x, tail, sampler, cond=cond, noise=noise, show_progress=show_progress,
+                          **sampler_knobs(sampler, eta))
     return PipelineResult(to_unit(model.decode(latents)), params, latents.cpu())

@@ -32,7 +32,9 @@ from ..models.cascade import downsample, upsample_low_res
 from ..models.unclip import EMBED_DIM, UnCLIPModel
 from ..noise import NoiseSource
 from .cascade import super_resolve
-from .common import PipelineResult, as_prompt_list, noise_for, run_sampler, schedule_for
+from .. import validate as V
+from ..samplers.registry import sampler_info
+from .common import PipelineResult, as_prompt_list, check_request, noise_for, run_sampler, schedule_for
 
 __all__ = ["sample_embeddings", "decode", "generate", "variations", "inpaint"]
 
@@ -135,19 +137,23 @@ def variations(model: UnCLIPModel, image: Tensor, n: int = 4, seed: int = 0, *, 
 
     ``extras["embedding"]`` holds the source embedding [1, 384].
     """
-    if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[:2] != (1, 3):
-        raise ValueError("variations takes one image [1, 3, H, W] in [0, 1] (load it with condiff.images.load_image)")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (number of variations) must be an integer >= 1, got {n!r}")
-    if float(image.min()) < 0 or float(image.max()) > 1:
-        raise ValueError("image values must lie in [0, 1]")
-    emb = model.encode_images(image.float())
+    image = V.check_image_tensor(image)
+    if image.shape[0] != 1:
+        raise V.InputError("variations takes one image [1, 3, H, W] in [0, 1] (load it with condiff.images.load_image)")
+    n = V.check_count(n, "n", limit="n")
+    check_request(prompt=prompt, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule, seed=seed)
+    V.check_steps(sr_steps, "sr_steps")
+    if noise_level is not None:
+        V.check_fraction("noise_level", noise_level)
+    steps = steps or model.info.get("default_steps") or sampler_info(sampler).default_steps
+    emb = model.encode_images(image)
     noise = noise_for(int(seed), n)
     high, low = decode(model, emb.expand(n, -1), [prompt] * n, guidance=guidance, steps=steps, sampler=sampler,
                        schedule=schedule, noise=noise, noise_level=noise_level, sr_steps=sr_steps,
                        show_progress=show_progress)
     params = _params(model, "unclip-variations", prompt=prompt or None, guidance=guidance, sampler=sampler,
-                     steps=steps, seeds=list(noise.seeds))
+                     schedule=schedule or "default", steps=steps, sr_steps=sr_steps or steps,
+                     noise_level=noise_level, seeds=list(noise.seeds))
     return PipelineResult(_unit(high), params, extras={"embedding": emb.cpu(), "decoder": _unit(low)})
 
 
