@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate(
-    prompt: str = typer.Argument(..., help="What to draw, e.g. 'a cat face, flat style'."),
+    prompt: str = typer.Argument(None, help="What to draw, e.g. 'a cat face, flat style' (or use --prompts)."),
     negative: str = typer.Option("", "--negative", "-n", help="Negative prompt (the CFG 'unconditional' branch)."),
     guidance: float = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance γ (0 = unconditional, 1 = conditional)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the sampler's)."),
@@ -29,10 +29,22 @@ def generate(
                                        "(thesis eq. 3.4) towards a style with the built-in noisy classifier."),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
+    prompts: Path = typer.Option(None, "--prompts", help="A prompt file (one prompt or JSON object per line); "
+                                 "--out is then a folder of NNNNN.png. Runs sharded under torchrun."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, max=256,
+                                  help="With --prompts: images per network call (same options only)."),
 ) -> None:
-    """Text to image."""
+    """Text to image (one prompt, or a prompt file with --prompts)."""
     from ..pipelines.text2img import generate as run
 
+    if (prompt is None) == (prompts is None):
+        raise typer.BadParameter("give either a PROMPT or --prompts FILE (not both)")
+    if prompts is not None:
+        from ._prompt_file import generate_from_file
+
+        defaults = dict(negative=negative or None, guidance=guidance, steps=steps, sampler=sampler)
+        return generate_from_file(prompts, out, seed=seed, n=batch, batch=max_batch, defaults=defaults, model=model,
+                                  device=device, dtype=dtype, loras=lora, embeddings=embedding, overwrite=overwrite)
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
     applied = C.personalize(m, lora, embedding)
