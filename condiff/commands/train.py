@@ -58,7 +58,11 @@ def register(app: typer.Typer) -> None:
     def job(ctx: typer.Context) -> None:
         """Reproduce the built-in weights: the training job of the source checkout's `training` package (train and
         export the stages in order; `condiff train job --help` lists its options; torchrun works too)."""
-        _training_job_main()(list(ctx.args), prog="condiff train job")
+        try:
+            _training_job_main()(list(ctx.args), prog="condiff train job")
+        except SystemExit as done:  # argparse's --help and usage errors: its exit status, no traceback
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+            raise typer.Exit(code) from None
 
 
 def _train(device: Optional[str], train: Callable) -> None:
