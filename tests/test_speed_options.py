@@ -120,3 +120,33 @@ def test_cli_flags_map_to_presets():
     assert acc.resolve_speed() is None
     assert acc.resolve_speed(fast=True) == acc.FAST
     assert acc.resolve_speed(fast=True, compile=True) == acc.COMPILE == acc.resolve_speed(compile=True)
+
+
+def test_fused_attention_falls_back_when_a_lora_hook_is_attached():
+    torch.manual_seed(0)
+    att = Attention(16, heads=2, head_dim=8).eval()
+    x = torch.randn(2, 5, 16)
+    att.fuse_projections()
+    handle = att.to_v.register_forward_hook(lambda m, args, out: out + 1.0)  # what an unmerged LoRA does
+    plain = Attention(16, heads=2, head_dim=8).eval()
+    plain.load_state_dict(att.state_dict())
+    plain.to_v.register_forward_hook(lambda m, args, out: out + 1.0)
+    torch.testing.assert_close(att(x), plain(x))
+    handle.remove()
+
+
+def test_load_model_and_cli_take_the_presets(tmp_path):
+    from typer.testing import CliRunner
+
+    from condiff import cli
+    from condiff.models.registry import load_model
+
+    if not any("generate" in (c.name or getattr(c.callback, "__name__", "")) for c in cli.app.registered_commands):
+        cli._register_commands()
+    model = load_model("builtin", speed=acc.FAST)
+    assert model.info["speed"]["fused_qkv"] and model.info["speed"]["channels_last"]
+    out = tmp_path / "fast.png"
+    res = CliRunner().invoke(cli.app, ["generate", "a red circle", "--steps", "2", "--fast", "--device", "cpu",
+                                       "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.exists()

@@ -28,6 +28,7 @@ def generate(
     style_guidance: str = typer.Option(None, "--classifier-guidance", help="STYLE[:SCALE]: classifier guidance "
                                        "(thesis eq. 3.4) towards a style with the built-in noisy classifier."),
     model: str = C.MODEL_OPT, device: str = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT,
+    fast: bool = C.FAST_OPT, compile_: bool = C.COMPILE_OPT,
     overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
 ) -> None:
     """Text to image."""
@@ -36,6 +37,7 @@ def generate(
     C.output_paths(out, batch)
     m = C.load(model, device, dtype)
     applied = C.personalize(m, lora, embedding)
+    C.speed_up(m, fast, compile_)
     base = None
     if style_guidance:
         base, info = C.classifier_guided(m, style_guidance)

@@ -176,11 +176,17 @@ def configure_cpu(dtype: torch.dtype = torch.float32) -> None:
 
 
 def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, **kwargs) -> LatentDiffusion:
+               dtype: torch.dtype = torch.float32, *, speed=None, **kwargs) -> LatentDiffusion:
     """Load a model by built-in name or local path (never from the network).
 
-    On a CPU this calls :func:`configure_cpu` (oneDNN off; set CONDIFF_ONEDNN=1 to keep it).
+    On a CPU this calls :func:`configure_cpu` (oneDNN off for fp32; set CONDIFF_ONEDNN=1 to keep it).
+    ``speed``: a :class:`condiff.acceleration.SpeedOptions` (e.g. ``FAST``, ``COMPILE``) applied
+    after loading.
     """
+    if speed is not None:
+        from ..acceleration import accelerate
+
+        return accelerate(load_model(name_or_path, device, dtype, **kwargs), speed)
     if torch.device(device).type == "cpu":
         configure_cpu(dtype)
     if name_or_path in BUILTIN_MODELS:

@@ -88,8 +88,13 @@ class Attention(nn.Module):
         bias = None if parts[0].bias is None else torch.cat([m.bias.detach() for m in parts])
         self.fused = (weight, bias)
 
+    def _hooked(self) -> bool:
+        """True when a projection carries forward hooks (e.g. an unmerged LoRA): fused weights
+        would bypass them, so the separate projections run instead."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.to_q, self.to_k, self.to_v))
+
     def _projections(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if self.fused is None or (not self.is_cross and context is not x):
+        if self.fused is None or (not self.is_cross and context is not x) or self._hooked():
             return self.to_q(x), self.to_k(context), self.to_v(context)
         weight, bias = self.fused
         if self.is_cross:
