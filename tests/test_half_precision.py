@@ -155,9 +155,9 @@ def test_cascade_and_unclip():
         assert_close_images(full.images, half.images)
 
 
-def test_lora_and_textual_inversion_on_a_bf16_model(models, tmp_path):
-    """A LoRA trained on the bf16 model (float32 adapters over frozen bf16 weights) and a learned
-    token both generate finite images close to the same personalization on the fp32 model."""
+def test_lora_training_on_a_bf16_model(models, tmp_path):
+    """A LoRA trained on the bf16 model (float32 adapters over frozen bf16 weights)
+    generates finite images close to the same LoRA on the fp32 model."""
     from condiff.personalize import ImageSet, LoRATrainConfig, train_lora
     from condiff.personalize.lora_formats import load_lora, lora_components
 
@@ -190,3 +190,33 @@ def test_stable_diffusion_folder_in_bf16(tmp_path, family):
     assert half_model.dtype == torch.bfloat16
     torch.backends.mkldnn.enabled = True
     assert_close_images(full, text2img.generate(half_model, "a red circle", **kw).images)
+
+
+def test_textual_inversion_on_a_bf16_unet(models):
+    """The learned token rows (float32, in the text encoder) train through a bf16 U-Net."""
+    from condiff.personalize import ImageSet, TextualInversionConfig, train_textual_inversion
+
+    _, half = models
+    half = copy.deepcopy(half)
+    cfg = TextualInversionConfig(token="<zq>", initializer="circle", steps=2, batch_size=1, progress=False,
+                                 checkpoint_every=0)
+    res = train_textual_inversion(half, ImageSet(_image(128) * 2 - 1), cfg)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res.loop.history)
+    vectors = res.embedding.vectors
+    assert torch.isfinite(vectors).all() and vectors.dtype == torch.float32
+    images = text2img.generate(half, "a photo of <zq>", height=64, width=64, **FAST).images
+    assert torch.isfinite(images).all()
+
+
+def test_cli_generates_in_bf16(tmp_path):
+    from typer.testing import CliRunner
+
+    from condiff import cli
+
+    if not any("generate" in (c.name or getattr(c.callback, "__name__", "")) for c in cli.app.registered_commands):
+        cli._register_commands()
+    out = tmp_path / "bf16.png"
+    res = CliRunner().invoke(cli.app, ["generate", "a red circle", "--steps", "2", "--dtype", "bf16", "--device", "cpu",
+                                       "--no-progress", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.exists()
