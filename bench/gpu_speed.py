@@ -16,10 +16,15 @@ like on one card. Sections (``--sections``, comma separated):
 
 Timings: CUDA events around ``--repeats`` runs after warm-up, median reported; peak memory from
 ``torch.cuda.max_memory_allocated``; compile time = first call of a compiled module. Results go
-to ``OUT/gpu_speed-<section>.json`` (written after every measurement) and
-``bench/gpu_report.py`` merges them into one JSON + a markdown table.
+to ``OUT/gpu_speed-<tag>.json`` and a short table ``OUT/gpu_speed-<tag>.md``, both rewritten after
+every measurement (a run stopped at its time limit keeps what it measured).
 
-``--tiny`` swaps in a small U-Net/VAE/CLIP of the same structure for a CPU smoke test.
+``--tiny`` swaps in a small U-Net/VAE/CLIP of the same structure for a CPU smoke test. On a GPU
+(diffusers importable), two runs of under 10 minutes each cover everything::
+
+    python bench/gpu_speed.py --sections step,profile,text --compile \
+        --compile-modes default,reduce-overhead --out bench/results --tag h100-part1
+    python bench/gpu_speed.py --sections e2e,builtin --compile --e2e-compiled --out bench/results --tag h100-part2
 """
 
 from __future__ import annotations
@@ -50,6 +55,32 @@ SECTION = "all"
 def save() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"gpu_speed-{SECTION}.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+    (OUT / f"gpu_speed-{SECTION}.md").write_text(markdown(RESULTS))
+
+
+def markdown(results: dict) -> str:
+    """A short table: condiff vs diffusers per measurement (ms, images/s, peak GiB, compile s, ratio)."""
+    card = results.get("env", {}).get("card", "?")
+    rows = [f"# condiff vs diffusers on {card} ({results.get('env', {}).get('dtype', '?')})", "",
+            "| measurement | condiff ms | diffusers ms | diffusers/condiff | condiff img/s | peak GiB (c/d) | compile s (c/d) |",
+            "|---|---|---|---|---|---|---|"]
+    keys = sorted({k.replace(".condiff.", ".X.").replace(".diffusers.", ".X.") for k in results
+                   if (".condiff." in k or ".diffusers." in k) and not k.endswith(".error")
+                   and not k.startswith("profile.")})
+    for key in keys:
+        ours = results.get(key.replace(".X.", ".condiff."), {})
+        theirs = results.get(key.replace(".X.", ".diffusers."), {})
+        if not isinstance(ours, dict) or not isinstance(theirs, dict):
+            continue
+        ratio = f"{theirs['ms'] / ours['ms']:.2f}" if ours.get("ms") and theirs.get("ms") else ""
+        rows.append(f"| {key.replace('.X.', ' ')} | {ours.get('ms', '')} | {theirs.get('ms', '')} | {ratio} | "
+                    f"{ours.get('images_per_s', '')} | {ours.get('peak_gib', '')}/{theirs.get('peak_gib', '')} | "
+                    f"{ours.get('compile_s', '')}/{theirs.get('compile_s', '')} |")
+    for k, v in results.items():
+        if k.startswith("profile.") and isinstance(v, dict):
+            shares = ", ".join(f"{c} {100 * f:.0f}%" for c, f in v.get("share_of_wall", {}).items())
+            rows.append(f"\n{k}: {v.get('wall_ms_per_step')} ms/step wall, {v.get('kernel_ms_per_step')} ms kernels; {shares}")
+    return "\n".join(rows) + "\n"
 
 
 def record(key: str, value) -> None:
