@@ -22,6 +22,7 @@ Networks know nothing of σ: they receive a scaled input and a "time" input made
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,6 +46,8 @@ __all__ = [
     "score_denoiser",
     "edm_denoiser",
     "sigma_batch",
+    "work_dtype",
+    "network_dtype",
     "append_dims",
     "to_score",
     "to_d",
@@ -77,6 +80,24 @@ class Cond:
 
     def replace(self, **changes) -> "Cond":
         return replace(self, **changes)
+
+    def to(self, dtype: torch.dtype) -> "Cond":
+        """The conditioning with every floating-point tensor cast to ``dtype`` (the network's).
+
+        Integer class labels and boolean masks keep their type; control residuals are cast too.
+        """
+
+        def cast(v):
+            return v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
+
+        control = None
+        if self.control is not None:
+            control = {**self.control, "down": [cast(t) for t in self.control.get("down", [])],
+                       "mid": cast(self.control.get("mid"))}
+        return Cond(
+            cast(self.context), self.context_mask, cast(self.class_labels), cast(self.concat), control,
+            {k: cast(v) for k, v in self.extra.items()},
+        )
 
     def batch_size(self) -> int | None:
         for v in (self.context, self.class_labels, self.concat):
@@ -156,7 +177,8 @@ class DiscreteTime:
         self.schedule = schedule
 
     def __call__(self, sigma: Tensor) -> Tensor:
-        return self.schedule.sigma_to_t(sigma.detach().double().cpu()).to(sigma.device, torch.float32)
+        """t(σ) in float32 on σ's device (a device-side lookup: no host synchronisation)."""
+        return self.schedule.sigma_to_t(sigma.detach()).float()
 
 
 class LogSigmaTime:
@@ -174,16 +196,42 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape[0], *([1] * (ndim - 1)))
 
 
+def work_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of σ-space arithmetic for a state ``x``: float32 or wider (half states are promoted)."""
+    return torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
+
+
 def sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
-    """σ as a [B] tensor on x's device; validates non-negativity and shape."""
-    sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32 if not x.is_floating_point() else x.dtype)
+    """σ as a [B] tensor on x's device in :func:`work_dtype`; validates shape and values.
+
+    Values (finite, non-negative) are checked for Python numbers and host tensors. A tensor that
+    already lives on an accelerator is not read back (that would synchronise the device at every
+    sampler step); samplers validate their whole schedule once, before the loop.
+    """
+    dtype = work_dtype(x)
+    if not isinstance(sigma, Tensor):
+        value = float(sigma)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError("sigma must be finite and non-negative")
+        return torch.full((x.shape[0],), value, dtype=dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.ndim != 1 or sigma.shape[0] != x.shape[0]:
         raise ValueError(f"sigma must be a scalar or have shape [{x.shape[0]}], got {tuple(sigma.shape)}")
-    if (sigma < 0).any() or not torch.isfinite(sigma).all():
+    if sigma.device.type == "cpu" and (bool((sigma < 0).any()) or not bool(torch.isfinite(sigma).all())):
         raise ValueError("sigma must be finite and non-negative")
-    return sigma
+    return sigma.to(device=x.device, dtype=dtype)
+
+
+def network_dtype(net, default: torch.dtype) -> torch.dtype:
+    """The dtype of a network's first floating-point parameter (``default`` for a plain callable
+    or a module without parameters)."""
+    if not isinstance(net, nn.Module):
+        return default
+    for p in net.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
 
 
 class NetworkDenoiser(nn.Module):
@@ -227,17 +275,29 @@ class NetworkDenoiser(nn.Module):
         return c_in, torch.ones_like(sigma), sigma**2  # score
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Cond | None = None) -> Tensor:
+        """x̂0 = c_skip·x + c_out·F(c_in·x, t(σ), cond), in :func:`work_dtype` (float32 or wider).
+
+        Mixed precision: the preconditioning runs in float32; the network's input, its
+        conditioning (context, concat channels, control residuals, float labels) are cast to the
+        network's dtype (fp16/bf16 weights work) and its output back to float32, so samplers
+        keep float32 state whatever precision the network runs in.
+        """
+        dtype = work_dtype(x)
+        x = x.to(dtype)
         sigma = sigma_batch(sigma, x)
-        c_in, c_skip, c_out = (append_dims(c, x.ndim).to(x.dtype) for c in self.scalings(sigma))
-        inp = x * c_in
-        if cond is not None and cond.concat is not None:
-            if cond.concat.shape[0] != x.shape[0] or cond.concat.shape[2:] != x.shape[2:]:
-                raise ValueError(
-                    f"concat conditioning of shape {tuple(cond.concat.shape)} does not fit input {tuple(x.shape)}"
-                )
-            inp = torch.cat([inp, cond.concat.to(x.dtype)], dim=1)
+        c_in, c_skip, c_out = (append_dims(c, x.ndim).to(dtype) for c in self.scalings(sigma))
+        net_dtype = network_dtype(self.net, dtype)
+        inp = (x * c_in).to(net_dtype)
+        if cond is not None:
+            cond = cond.to(net_dtype)
+            if cond.concat is not None:
+                if cond.concat.shape[0] != x.shape[0] or cond.concat.shape[2:] != x.shape[2:]:
+                    raise ValueError(
+                        f"concat conditioning of shape {tuple(cond.concat.shape)} does not fit input {tuple(x.shape)}"
+                    )
+                inp = torch.cat([inp, cond.concat], dim=1)
         out = self.net(inp, self.time(sigma), cond)
-        return c_skip * x + c_out * out.to(x.dtype)
+        return c_skip * x + c_out * out.to(dtype)
 
     def predict_from_x0(self, x: Tensor, sigma: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
         """The training target F for this parameterisation, given clean data and the noise used."""

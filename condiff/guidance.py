@@ -42,7 +42,9 @@ exact conditional denoiser E[x0 | x, y].
 
 Guidance interval: both wrappers can restrict guidance to σ ∈ [σ_lo, σ_hi] (Kynkäänniemi et al.
 2024 show that guiding only at mid noise levels keeps diversity). Outside the interval the plain
-conditional denoiser is used (CFG: γ = 1, one network call; CG: the inner denoiser).
+conditional denoiser is used (CFG: γ = 1, one network call on the CPU; on an accelerator both
+branches run and a device-side select picks the conditional one, so the test never waits for the
+device; CG: the inner denoiser).
 """
 
 from __future__ import annotations
@@ -172,7 +174,16 @@ class ClassifierFreeGuidance(DenoiserWrapper):
         sigma = sigma_batch(sigma, x)
         if self.scale == 1.0:
             return self.inner(x, sigma, cond)
+        if self.sigma_interval is None:
+            d_uncond, d_cond = self._branches(x, sigma, cond)
+            return cfg_combine(d_uncond, d_cond, self.scale)
         active = sigma_in_interval(sigma, self.sigma_interval)
+        if sigma.device.type != "cpu":
+            # On an accelerator the interval test stays on the device (no host synchronisation):
+            # both branches run and rows outside the interval take the conditional denoiser.
+            d_uncond, d_cond = self._branches(x, sigma, cond)
+            guided = cfg_combine(d_uncond, d_cond, self.scale)
+            return torch.where(append_dims(active, x.ndim), guided, d_cond)
         if not bool(active.any()):
             return self.inner(x, sigma, cond)
         if bool(active.all()):
@@ -272,7 +283,7 @@ class ClassifierGuidance(DenoiserWrapper):
         if self.scale == 0.0:
             return out
         active = sigma_in_interval(sigma, self.sigma_interval) & (sigma > 0)
-        if not bool(active.any()):
+        if sigma.device.type == "cpu" and not bool(active.any()):
             return out
         grad = self.log_prob_grad(x, sigma, labels)
         weight = append_dims(torch.where(active, self.scale * sigma**2, torch.zeros_like(sigma)), x.ndim)

@@ -23,6 +23,16 @@ def seeds_for_batch(seed: int, batch_size: int) -> list[int]:
     return [int(seed) + i for i in range(batch_size)]
 
 
+def _to_device(t: Tensor, device, dtype) -> Tensor:
+    """Move host noise to ``device``. To a CUDA device it goes through pinned memory without
+    blocking, so a stochastic sampler step does not wait for the GPU to drain its queue (the
+    caching host allocator keeps the pinned buffer alive until the copy has run)."""
+    device = torch.device(device) if device is not None else t.device
+    if device.type == "cuda":
+        return t.pin_memory().to(device=device, non_blocking=True).to(dtype)
+    return t.to(device=device, dtype=dtype)
+
+
 class NoiseSource:
     """A stream of standard-normal noise with one generator per sample."""
 
@@ -46,7 +56,7 @@ class NoiseSource:
     def randn(self, shape: Sequence[int], device=None, dtype=torch.float32) -> Tensor:
         """Noise of shape ``[len(self), *shape]``; row i drawn from generator i."""
         rows = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in self._gens]
-        return torch.stack(rows).to(device=device, dtype=dtype)
+        return _to_device(torch.stack(rows), device, dtype)
 
     def randn_like(self, x: Tensor) -> Tensor:
         if x.shape[0] != len(self):
@@ -55,7 +65,7 @@ class NoiseSource:
 
     def rand(self, shape: Sequence[int], device=None, dtype=torch.float32) -> Tensor:
         rows = [torch.rand(tuple(shape), generator=g, dtype=torch.float32) for g in self._gens]
-        return torch.stack(rows).to(device=device, dtype=dtype)
+        return _to_device(torch.stack(rows), device, dtype)
 
     def state(self) -> list[Tensor]:
         return [g.get_state() for g in self._gens]

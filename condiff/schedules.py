@@ -107,11 +107,18 @@ class DiscreteSchedule:
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return self._range()[0]
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return self._range()[1]
+
+    def _range(self) -> tuple[float, float]:
+        cache = self.__dict__.setdefault("_log_sigma_cache", {})
+        if "range" not in cache:
+            sig = self.sigmas
+            cache["range"] = (float(sig[0]), float(sig[-1]))
+        return cache["range"]
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """σ at (possibly fractional) timestep t ∈ [0, T-1], log-linear interpolation."""
@@ -124,17 +131,33 @@ class DiscreteSchedule:
         return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
-        """Inverse of :meth:`t_to_sigma` (clamped to the table's range)."""
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
-        if (sigma < 0).any():
+        """Inverse of :meth:`t_to_sigma` (clamped to the table's range), computed on σ's device.
+
+        The lookup is a device-side ``searchsorted`` plus a log-linear interpolation, so it needs
+        no copy to the host (no synchronisation inside a sampler loop on an accelerator). The
+        negativity check runs only for host tensors; on a device σ is clamped to [σ_min, σ_max].
+        Float64 where the device has it (MPS: float32).
+        """
+        sigma = torch.as_tensor(sigma)
+        work = torch.float32 if sigma.device.type == "mps" else torch.float64
+        sigma = sigma.to(work)
+        if sigma.device.type == "cpu" and bool((sigma < 0).any()):
             raise ValueError("sigma must be non-negative")
-        log_sigmas = self.sigmas.log().to(sigma.device)
+        log_sigmas = self._log_sigmas(sigma.device, work)
         log_s = sigma.clamp(min=self.sigma_min, max=self.sigma_max).log()
         hi = torch.searchsorted(log_sigmas, log_s.reshape(-1).contiguous()).clamp(1, self.num_steps - 1)
         hi = hi.reshape(log_s.shape)
         lo = hi - 1
         w = (log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
-        return lo.double() + w.clamp(0, 1)
+        return lo.to(work) + w.clamp(0, 1)
+
+    def _log_sigmas(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """log σ table on ``device`` in ``dtype``, cached per (device, dtype)."""
+        cache = self.__dict__.setdefault("_log_sigma_cache", {})
+        key = (str(device), dtype)
+        if key not in cache:
+            cache[key] = self.sigmas.log().to(device=device, dtype=dtype)
+        return cache[key]
 
     def timestep_sigmas(self, steps: int, spacing: str = "trailing") -> Tensor:
         """``steps`` σ values taken from the model's own table, descending, followed by 0.

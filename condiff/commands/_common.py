@@ -21,8 +21,12 @@ from ..errors import InputError
 
 MODEL_OPT = typer.Option("builtin", "--model", "-m", help="Built-in model name or a local Stable Diffusion folder/file.")
 DEVICE_OPT = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when available).")
-DTYPE_OPT = typer.Option("auto", "--dtype", help="fp32, fp16, bf16 or auto (fp32 on CPU, fp16 on CUDA; half "
-                         "precisions need a GPU).")
+DTYPE_OPT = typer.Option("auto", "--dtype", help="fp32, fp16, bf16 or auto (fp32 on CPU, fp16 on CUDA; fp16 "
+                         "needs a GPU).")
+FAST_OPT = typer.Option(False, "--fast", help="Speed options that keep the results (fused QKV projections, "
+                        "channels-last); see condiff.acceleration.")
+COMPILE_OPT = typer.Option(False, "--compile", help="--fast plus torch.compile of the U-Net and decoder (the first "
+                           "image of each size compiles, later ones run faster).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace existing output files.")
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA (off: one "
                             "line per finished output).")
@@ -180,6 +184,14 @@ def load(model: str, device: str | None, dtype: str):
 
     dev = resolve_device(device)
     return load_model(model, device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+
+
+def speed_up(model, fast: bool, compile: bool):
+    """Apply the ``--fast`` / ``--compile`` presets (after LoRAs and embeddings are applied)."""
+    from ..acceleration import accelerate, resolve_speed
+
+    options = resolve_speed(fast, compile)
+    return accelerate(model, options) if options is not None else model
 
 
 def output_paths(out: Path, n: int, overwrite: bool = False) -> list[Path]:

@@ -40,6 +40,7 @@ def generate(
                                            "line); --out is then a folder of NNNNN.png. Runs sharded under torchrun."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, max=256, help="With --prompts: images per network call, "
                                   "1-256 (lines with the same options only)."),
+    fast: bool = C.FAST_OPT, compile_: bool = C.COMPILE_OPT,
     ctx: typer.Context = None,
     *, sampling: dict, run: dict,
 ) -> None:
@@ -64,6 +65,7 @@ def generate(
     C.check_personalization_files(lora, embedding)
     m = C.load(run["model"], run["device"], run["dtype"])
     applied = C.personalize(m, lora, embedding)
+    C.speed_up(m, fast, compile_)
     base = None
     if style_guidance:
         base, info = C.classifier_guided(m, style_guidance)

@@ -50,6 +50,7 @@ class LatentDiffusion:
     inpaint_unet: nn.Module | None = None
     use_context_mask: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    decode_tile: tuple[int, int] | None = None  # (tile, overlap) in latent pixels: tiled VAE decode
 
     # ------------------------------------------------------------------ structure
     @property
@@ -124,16 +125,29 @@ class LatentDiffusion:
         """Scaled latents -> images in [-1, 1]; NaN/inf output is retried in fp32, then refused."""
         vae_dtype = next(self.vae.parameters()).dtype
         z = latents / self.scaling_factor
-        out = self.vae.decode(z.to(self.device, vae_dtype)).float()
+        out = self._decode(z, vae_dtype)
         if not torch.isfinite(out).all():
             if vae_dtype == torch.float32:
                 raise NonFiniteOutputError("the autoencoder produced NaN/inf; the latents are not finite")
             self.vae.float()
             try:
-                out = self.vae.decode(z.to(self.device, torch.float32)).float()
+                out = self._decode(z, torch.float32)
             finally:
                 self.vae.to(vae_dtype)
             if not torch.isfinite(out).all():
                 raise NonFiniteOutputError("the autoencoder produced NaN/inf even in fp32")
             self.info["vae_fp32_retry"] = True
         return out.clamp(-1, 1)
+
+    def _decode(self, z: Tensor, dtype: torch.dtype) -> Tensor:
+        """VAE decode in ``dtype`` (float32 result), in tiles when ``decode_tile`` is set."""
+
+        def run(t: Tensor) -> Tensor:
+            return self.vae.decode(t.to(self.device, dtype))
+
+        if self.decode_tile is None:
+            return run(z).float()
+        from ..acceleration import tiled_decode
+
+        tile, overlap = self.decode_tile
+        return tiled_decode(run, z, tile, overlap, scale=self.downscale)

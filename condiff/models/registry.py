@@ -192,22 +192,28 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
-def configure_cpu() -> None:
-    """Turn off oneDNN (mkldnn) convolutions for CPU inference unless CONDIFF_ONEDNN=1.
+def configure_cpu(dtype: torch.dtype = torch.float32) -> None:
+    """Turn off oneDNN (mkldnn) convolutions for fp32 CPU inference unless CONDIFF_ONEDNN=1.
+
+    Half precision keeps oneDNN: PyTorch's native bf16/fp16 CPU convolutions are ~100× slower.
 
     Measured on the 2-core machine with the built-in model: with oneDNN the first image took 37 s
     (primitive creation for every new shape) and later calls with new shapes stalled again for ~3 s;
     with PyTorch's native kernels the first image takes 1.8 s and every call is steady.
     """
-    if os.environ.get("CONDIFF_ONEDNN", "0") != "1":
+    if dtype in (torch.float16, torch.bfloat16):
+        torch.backends.mkldnn.enabled = True
+    elif os.environ.get("CONDIFF_ONEDNN", "0") != "1":
         torch.backends.mkldnn.enabled = False
 
 
 def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, **kwargs) -> LatentDiffusion:
+               dtype: torch.dtype = torch.float32, *, speed=None, **kwargs) -> LatentDiffusion:
     """Load a model by built-in name or local path (never from the network).
 
-    On a CPU this calls :func:`configure_cpu` (oneDNN off; set CONDIFF_ONEDNN=1 to keep it).
+    On a CPU this calls :func:`configure_cpu` (oneDNN off for fp32; set CONDIFF_ONEDNN=1 to keep it).
+    ``speed``: a :class:`condiff.acceleration.SpeedOptions` (e.g. ``FAST``, ``COMPILE``) applied
+    after loading.
     Raises :class:`~condiff.errors.InputError` for a name that is not a string or path,
     :class:`~condiff.errors.DeviceError` for a device or dtype this machine lacks and
     :class:`~condiff.errors.ModelError` for a model that cannot be found or loaded.
@@ -215,13 +221,17 @@ def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu"
     from ..errors import InputError, ModelError
     from ..validate import check_device, check_dtype
 
+    if speed is not None:
+        from ..acceleration import accelerate
+
+        return accelerate(load_model(name_or_path, device, dtype, **kwargs), speed)
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise InputError(f"model must be a built-in name ({', '.join(BUILTIN_MODELS)}) or a path, "
                          f"got {type(name_or_path).__name__}")
     device = check_device(device)
     dtype = check_dtype(dtype, device)
     if device.type == "cpu":
-        configure_cpu()
+        configure_cpu(dtype)
     if name_or_path in BUILTIN_MODELS:
         missing = [c for c in ("ldm", "vae") if not builtin_components().get(c)]
         if missing:

@@ -71,6 +71,37 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(kv_dim, inner, bias=qkv_bias)
         self.to_v = nn.Linear(kv_dim, inner, bias=qkv_bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        self.fused: tuple[Tensor, Tensor | None] | None = None
+
+    def fuse_projections(self, on: bool = True) -> None:
+        """Compute K and V (and Q, for self-attention) with one matrix product of the stacked weights.
+
+        Exact in exact arithmetic (each output is the same dot product); the fused weights are a
+        copy taken now and are not saved in the state dict, so fuse after loading or merging
+        weights (LoRA merges) and call ``fuse_projections(False)`` before changing them.
+        """
+        if not on:
+            self.fused = None
+            return
+        parts = [self.to_k, self.to_v] if self.is_cross else [self.to_q, self.to_k, self.to_v]
+        weight = torch.cat([m.weight.detach() for m in parts])
+        bias = None if parts[0].bias is None else torch.cat([m.bias.detach() for m in parts])
+        self.fused = (weight, bias)
+
+    def _hooked(self) -> bool:
+        """True when a projection carries forward hooks (e.g. an unmerged LoRA): fused weights
+        would bypass them, so the separate projections run instead."""
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.to_q, self.to_k, self.to_v))
+
+    def _projections(self, x: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.fused is None or (not self.is_cross and context is not x) or self._hooked():
+            return self.to_q(x), self.to_k(context), self.to_v(context)
+        weight, bias = self.fused
+        if self.is_cross:
+            k, v = F.linear(context, weight, bias).chunk(2, dim=-1)
+            return self.to_q(x), k, v
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return q, k, v
 
     def _split(self, t: Tensor) -> Tensor:
         b, n, _ = t.shape
@@ -89,7 +120,7 @@ class Attention(nn.Module):
         b = x.shape[0]
         if context.shape[0] != b:
             raise ValueError(f"context batch {context.shape[0]} does not match feature batch {b}")
-        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
+        q, k, v = (self._split(t) for t in self._projections(x, context))
         attn_mask = _key_mask(mask, b, context.shape[1], x.device)
         dtype = q.dtype
         if self.upcast and dtype in (torch.float16, torch.bfloat16):

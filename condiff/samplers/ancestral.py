@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..denoisers import Cond
 from ..noise import NoiseSource
-from .registry import prepare_sigmas, register_sampler, report_step, require_noise, sigma_vector
+from .registry import register_sampler, report_step, require_noise, sigma_vector, start
 
 __all__ = ["ancestral_step_sizes", "sample_ddpm", "sample_ddim", "sample_euler_ancestral"]
 
@@ -86,8 +86,7 @@ def sample_ddpm(
     ``variance``: "posterior" (σ_t² = β̃_t, the default) or "beta" (σ_t² = β_t, VP models).
     On a VP model's consecutive discrete timesteps this is eq. 2.14 step for step.
     """
-    s = prepare_sigmas(sigmas, x)
-    noise = require_noise(noise, x, "ddpm")
+    s, noise = start(sigmas, x, noise, "ddpm")
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {DDPM_VARIANCES}")
 
@@ -119,11 +118,9 @@ def sample_ddim(
     eta: float = 0.0,
 ) -> Tensor:
     """DDIM with stochasticity η (deterministic for η = 0, where ``noise`` may be None)."""
-    s = prepare_sigmas(sigmas, x)
     if eta < 0:
         raise ValueError(f"eta must be ≥ 0, got {eta}")
-    if eta > 0:
-        noise = require_noise(noise, x, f"ddim(eta={eta})")
+    s, noise = start(sigmas, x, noise, f"ddim(eta={eta})" if eta > 0 else None)
 
     def sizes(sigma: float, sigma_next: float) -> tuple[float, float]:
         down, up = ancestral_step_sizes(sigma, sigma_next, eta)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..denoisers import Cond, append_dims
 from ..noise import NoiseSource
-from .registry import prepare_sigmas, register_sampler, report_step, require_noise, sigma_vector
+from .registry import register_sampler, report_step, sigma_vector, start
 
 __all__ = ["STEP_RULES", "langevin_corrector", "sample_langevin"]
 
@@ -72,8 +72,7 @@ def sample_langevin(
     ``step_scale`` (default 1.0) or ``epsilon`` (thesis ε) sets α_i; pass at most one.
     One callback per level; the step into σ = 0 ends with x̂0 when ``denoise_last``.
     """
-    s = prepare_sigmas(sigmas, x)
-    noise = require_noise(noise, x, "langevin")
+    s, noise = start(sigmas, x, noise, "langevin")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise ValueError(f"n_steps must be an integer ≥ 1, got {n_steps!r}")
     if step_scale is not None and epsilon is not None:

@@ -29,7 +29,7 @@ from torch import Tensor
 from ..denoisers import Cond
 from ..noise import NoiseSource
 from ..schedules import check_sigmas
-from .registry import prepare_sigmas, register_sampler, report_step, sigma_vector
+from .registry import register_sampler, report_step, sigma_vector, start
 
 __all__ = ["ODE_METHODS", "integrate_pf_ode", "invert_ode", "sample_euler", "sample_heun", "sample_dpmpp_2m"]
 
@@ -112,7 +112,7 @@ def invert_ode(
 
 
 def _sample_ode(method, denoiser, x, sigmas, cond, callback) -> Tensor:
-    prepare_sigmas(sigmas, x)
+    start(sigmas, x)
     return integrate_pf_ode(denoiser, x, sigmas, method=method, cond=cond, callback=callback)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "sample",
     "SCHEDULES",
     "prepare_sigmas",
+    "start",
     "require_noise",
     "sigma_vector",
     "report_step",
@@ -173,6 +174,16 @@ def prepare_sigmas(sigmas: Tensor, x: Tensor) -> list[float]:
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     return [float(s) for s in sigmas.detach().cpu().double()]
+
+
+def start(sigmas: Tensor, x: Tensor, noise: NoiseSource | None = None, stochastic: str | None = None
+          ) -> tuple[list[float], NoiseSource | None]:
+    """The opening checks every sampler shares: the schedule and state (:func:`prepare_sigmas`)
+    and, for a ``stochastic`` sampler (its name), a matching NoiseSource (:func:`require_noise`)."""
+    s = prepare_sigmas(sigmas, x)
+    if stochastic is not None:
+        noise = require_noise(noise, x, stochastic)
+    return s, noise
 
 
 def require_noise(noise: NoiseSource | None, x: Tensor, sampler: str) -> NoiseSource:

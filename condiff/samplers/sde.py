@@ -33,7 +33,7 @@ from ..denoisers import Cond
 from ..noise import NoiseSource
 from ..sde import SDE
 from .langevin import langevin_corrector
-from .registry import prepare_sigmas, register_sampler, report_step, require_noise, sigma_vector
+from .registry import register_sampler, report_step, sigma_vector, start
 
 __all__ = ["reverse_sde_step", "sample_euler_maruyama", "sample_pc"]
 
@@ -89,8 +89,7 @@ def sample_euler_maruyama(
     sde: SDE | None = None,
 ) -> Tensor:
     """Euler–Maruyama on the reverse SDE (VE in σ-space by default, or the given ``sde``)."""
-    s = prepare_sigmas(sigmas, x)
-    noise = require_noise(noise, x, "euler_maruyama")
+    s, noise = start(sigmas, x, noise, "euler_maruyama")
     _check_sde(sde)
     for i in range(len(s) - 1):
         x, denoised = reverse_sde_step(denoiser, x, s[i], s[i + 1], noise=noise, cond=cond, sde=sde)
@@ -115,8 +114,7 @@ def sample_pc(
     sde: SDE | None = None,
 ) -> Tensor:
     """Predictor–corrector sampling: corrector at σ_i (snr rule), then an EM predictor step."""
-    s = prepare_sigmas(sigmas, x)
-    noise = require_noise(noise, x, "pc")
+    s, noise = start(sigmas, x, noise, "pc")
     _check_sde(sde)
     if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
         raise ValueError(f"n_corrector must be an integer ≥ 0, got {n_corrector!r}")

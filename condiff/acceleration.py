@@ -1,0 +1,180 @@
+"""Speed options for a :class:`~condiff.models.ldm.LatentDiffusion` model (mostly for CUDA GPUs).
+
+Each option changes how the networks run, never what they compute (DESIGN.md §7); the error
+each one may introduce is stated here and checked by ``tests/test_speed_options.py``:
+
+==================  =========================================================  ==================
+option              what it does                                               error
+==================  =========================================================  ==================
+``fused_qkv``       one matrix product for Q, K, V of self-attention (K, V of  summation order only
+                    cross-attention) with the stacked weights                  (≤ 1e-6 rel. fp32)
+``channels_last``   NHWC memory layout of the U-Net/VAE weights (cuDNN's       summation order only
+                    fastest convolution layout on tensor cores)
+``compile``         ``torch.compile`` (fullgraph, static shapes) of the U-Net  fused kernels:
+                    forward and of the VAE decoder; recompiles once per shape  ≈ 1e-6 rel. fp32,
+                                                                               bf16 rounding in bf16
+``cuda_graphs``     ``compile`` in "reduce-overhead" mode: each shape's step   as ``compile``
+                    is captured once as a CUDA graph and replayed (CUDA only)
+``vae_tiling``      decode latents larger than ``tile`` in overlapping tiles   tile seams: the
+                    with linear blending (bounded memory for large images)     decoder's GroupNorm
+                                                                               sees tile statistics
+==================  =========================================================  ==================
+
+Classifier-free guidance already evaluates both branches as one batched call
+(:class:`condiff.guidance.ClassifierFreeGuidance`, ``batched=True``), and attention always goes
+through :func:`torch.nn.functional.scaled_dot_product_attention`, which picks the flash / cuDNN /
+memory-efficient kernel on a GPU by itself. Half precision is the ``dtype`` of
+:func:`condiff.models.registry.load_model`.
+
+Use :func:`accelerate` (or ``load_model(..., speed=...)`` / the CLI's ``--fast`` and
+``--compile``). :data:`FAST` is the preset chosen by measurement (bench/gpu_speed.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import DeviceError, InputError
+
+__all__ = ["SpeedOptions", "FAST", "COMPILE", "accelerate", "fuse_qkv", "tiled_decode", "resolve_speed"]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Which speed options to apply (see the module table). ``backend`` is torch.compile's."""
+
+    fused_qkv: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    vae_tiling: bool = False
+    tile: int = 64  # latent pixels per tile side
+    tile_overlap: int = 16
+    backend: str = "inductor"
+    compile_mode: str | None = None
+
+    def validate(self) -> "SpeedOptions":
+        if self.cuda_graphs and not self.compile:
+            raise InputError("cuda_graphs needs compile=True (CUDA graphs are captured by torch.compile)")
+        if not 0 <= self.tile_overlap < self.tile // 2:
+            raise InputError(f"tile_overlap must lie in [0, tile/2), got {self.tile_overlap} for tile {self.tile}")
+        return self
+
+
+FAST = SpeedOptions(fused_qkv=True, channels_last=True)
+"""``--fast``: options that cost no compile time and do not change results beyond summation order."""
+
+COMPILE = SpeedOptions(fused_qkv=True, channels_last=True, compile=True)
+"""``--compile``: FAST plus torch.compile of the U-Net and decoder (compiles once per shape)."""
+
+
+def resolve_speed(fast: bool = False, compile: bool = False) -> SpeedOptions | None:
+    """The preset of the CLI flags ``--fast`` / ``--compile`` (None: plain eager)."""
+    if compile:
+        return COMPILE
+    return FAST if fast else None
+
+
+def fuse_qkv(net: nn.Module, on: bool = True) -> int:
+    """Fuse (or unfuse) the Q/K/V projections of every attention layer of ``net``; returns how many."""
+    from .nn.attention import Attention
+
+    n = 0
+    for m in net.modules():
+        if isinstance(m, Attention):
+            m.fuse_projections(on)
+            n += 1
+    return n
+
+
+def _networks(model: Any) -> list[nn.Module]:
+    return [m for m in (getattr(model, "unet", None), getattr(model, "inpaint_unet", None)) if m is not None]
+
+
+def _compile(module: nn.Module, options: SpeedOptions) -> None:
+    mode = options.compile_mode or ("reduce-overhead" if options.cuda_graphs else None)
+    module.compile(fullgraph=True, dynamic=False, backend=options.backend, mode=mode)
+
+
+def accelerate(model: Any, options: SpeedOptions | None = None, **changes) -> Any:
+    """Apply ``options`` (default :data:`FAST`, updated with keyword ``changes``) to ``model`` in place.
+
+    Call it after moving the model to its device/dtype and after merging LoRAs (fused weights
+    are copies). Raises :class:`~condiff.errors.DeviceError` for an option the device cannot run.
+    Records the options in ``model.info["speed"]``.
+    """
+    options = replace(options or FAST, **changes).validate()
+    device = model.device
+    if options.cuda_graphs and device.type != "cuda":
+        raise DeviceError(f"CUDA graphs need a CUDA device, the model is on {device}; drop cuda_graphs")
+    if options.compile and options.backend == "inductor" and device.type not in ("cuda", "cpu", "xpu"):
+        raise DeviceError(f"torch.compile's inductor backend does not support {device.type}; drop compile")
+    nets = _networks(model)
+    vae = getattr(model, "vae", None)
+    for net in nets:
+        if options.fused_qkv:
+            fuse_qkv(net)
+        if options.channels_last:
+            net.to(memory_format=torch.channels_last)
+        if options.compile:
+            _compile(net, options)
+    if vae is not None:
+        if options.channels_last:
+            vae.to(memory_format=torch.channels_last)
+        if options.compile and hasattr(vae, "decoder"):
+            _compile(vae.decoder, replace(options, cuda_graphs=False))
+    if options.vae_tiling:
+        model.decode_tile = (options.tile, options.tile_overlap)
+    model.info["speed"] = {k: v for k, v in asdict(options).items()}
+    return model
+
+
+def _ramp(n: int, overlap: int, first: bool, last: bool, like: Tensor) -> Tensor:
+    """1-D blending weights of a tile: linear ramps of ``overlap`` samples on inner edges."""
+    w = torch.ones(n, dtype=torch.float32, device=like.device)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, dtype=torch.float32, device=like.device) + 0.5) / overlap
+        if not first:
+            w[:overlap] = ramp
+        if not last:
+            w[-overlap:] = ramp.flip(0)
+    return w
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+def tiled_decode(decode, z: Tensor, tile: int = 64, overlap: int = 16, scale: int = 8) -> Tensor:
+    """``decode(z)`` in overlapping latent tiles of ``tile``² blended linearly (float32 result).
+
+    ``scale`` is the decoder's upsampling factor. Memory is bounded by one tile; the result
+    differs from the whole-image decode near seams (the decoder's GroupNorm and attention see a
+    tile instead of the image), which the overlap blending hides.
+    """
+    b, _, h, w = z.shape
+    if h <= tile and w <= tile:
+        return decode(z).float()
+    out = weight = None
+    for y in _starts(h, tile, overlap):
+        for x in _starts(w, tile, overlap):
+            part = decode(z[:, :, y:y + tile, x:x + tile]).float()
+            th, tw = part.shape[-2:]
+            if out is None:
+                out = part.new_zeros(b, part.shape[1], h * scale, w * scale)
+                weight = part.new_zeros(1, 1, h * scale, w * scale)
+            wy = _ramp(th, overlap * scale, y == 0, y + tile >= h, part)
+            wx = _ramp(tw, overlap * scale, x == 0, x + tile >= w, part)
+            m = (wy[:, None] * wx[None, :])[None, None]
+            ys, xs = y * scale, x * scale
+            out[:, :, ys:ys + th, xs:xs + tw] += part * m
+            weight[:, :, ys:ys + th, xs:xs + tw] += m
+    return out / weight
