@@ -57,10 +57,13 @@ def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
 
 
 def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:
-    """Per-sample seeds: an int seed gives seed, seed+1, … (same image whatever the batch size)."""
-    if isinstance(seed, int):
-        return NoiseSource(seed, batch)
-    seeds = list(seed)
+    """Per-sample seeds: an int seed gives seed, seed+1, … (same image whatever the batch size).
+
+    Seeds are checked by :func:`check_request` (integers ≥ 0; an integral float such as 5.0 counts as 5).
+    """
+    if not isinstance(seed, (list, tuple)):
+        return NoiseSource(int(seed), batch)
+    seeds = [int(s) for s in seed]
     if len(seeds) != batch:
         from ..errors import InputError
 
