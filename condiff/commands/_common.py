@@ -19,12 +19,13 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 LORA_OPT = typer.Option([], "--lora", help="LoRA file to apply, FILE or FILE:WEIGHT (repeatable; kohya or diffusers/PEFT keys).")
-EMBEDDING_OPT = typer.Option([], "--embedding", help="Textual-inversion embedding file (A1111 or diffusers; repeatable).")
+EMBEDDING_OPT = typer.Option([], "--embedding", help="Textual-inversion embedding, FILE or FILE:TOKEN (A1111 or diffusers; "
+                             "repeatable). Without TOKEN an A1111 file binds to its file name, a diffusers file to its key.")
 
 
-def personalize(model, loras: list[str], embeddings: list[Path]):
+def personalize(model, loras: list[str], embeddings: list):
     """Apply LoRA files and textual-inversion embeddings to a loaded model; returns their record."""
-    from ..personalize.embeddings import load_embedding_into_model
+    from ..personalize.embeddings import load_embedding_into_model, parse_embedding_spec
     from ..personalize.lora_formats import apply_lora, parse_lora_spec
 
     applied = {}
@@ -32,8 +33,10 @@ def personalize(model, loras: list[str], embeddings: list[Path]):
         path, weight = parse_lora_spec(spec)
         apply_lora(model, path, weight)
         applied.setdefault("loras", []).append({"file": str(path), "weight": weight})
-    for path in embeddings:
-        emb = load_embedding_into_model(model, path)
+    for spec in embeddings:
+        path, token = parse_embedding_spec(spec)
+        emb = load_embedding_into_model(model, path, token)
+        typer.echo(f"embedding {path.name}: the prompt token is {emb.token!r}", err=True)
         applied.setdefault("embeddings", []).append({"file": str(path), "token": emb.token})
     return applied
 

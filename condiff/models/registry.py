@@ -188,6 +188,10 @@ def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu"
             )
         return _load_builtin(device, dtype)
     path = Path(name_or_path).expanduser()
+    from .sd_loader import finetuned_metadata, load_finetuned_model
+
+    if finetuned_metadata(path) is not None:  # a DreamBooth file: its base + the fine-tuned U-Net
+        return load_finetuned_model(path, device=device, dtype=dtype)
     if path.exists():
         from .sd_loader import load_sd
 
