@@ -25,11 +25,14 @@ def _device(device: Optional[str]) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    from condiff.preprocess.domain import DOMAINS
+
     @app.command("control")
     def control_cmd(
         input: Path = typer.Argument(..., help="Picture to take the condition from (or the condition itself with --no-preprocess)."),
         prompt: str = typer.Argument(..., help="Text prompt."),
-        types: List[str] = typer.Option(..., "--type", help="Condition type: canny, lineart, softedge, depth, normal, pose. Repeat for several ControlNets."),
+        types: List[str] = typer.Option(..., "--type", help="Condition type (repeat for several ControlNets); what each "
+                                        "preprocessor is made for: " + "; ".join(f"{k}: {v}" for k, v in DOMAINS.items()) + "."),
         scale: List[float] = typer.Option([1.0], "--scale", help="Conditioning scale: one for all types or one per --type."),
         preprocess: bool = typer.Option(True, "--preprocess/--no-preprocess", help="Run the type's preprocessor on INPUT (off: INPUT is a ready condition image)."),
         start: float = typer.Option(0.0, "--start", help="Fraction of the schedule where control starts (0 = pure noise)."),
