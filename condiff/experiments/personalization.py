@@ -1,29 +1,39 @@
 """Experiment 3 (thesis §4.4): DreamBooth, LoRA and textual inversion × three prompts, measured.
 
-The subject is the held-out unicorn of the built-in world (five pictures, identifier "sks", class
-noun "horse", :mod:`condiff.data.experiment_inputs`); the thesis used five photos of a woman.
-Each method is trained with :mod:`condiff.personalize` at the thesis's settings (§4.4.2–4.4.4:
-400 steps, batch 1; lr 5e-6 / 1e-4 cosine / 5e-4) — or taken from an earlier run, because
-training is the slow part on a CPU:
+The subject is one picture the base models never saw: the Noto unicorn (the concept is removed
+from every training source, :mod:`condiff.data.heldout`), like the thesis's one woman. The methods
+train on five views of it (:data:`TRAIN_VIEWS`: turned, scaled, mirrored, shifted) with the
+identifier ``nrhp`` (one rare WordPiece, absent from the world's captions; the thesis's "sks" is two
+common pieces for MiniLM) and the class noun "horse"; three other views (:data:`HELD_OUT_VIEWS`)
+are used only to measure subject fidelity. The three prompts are the thesis's three kinds, in the
+vocabulary of the built-in world: recontextualisation ("… on a carousel"), another style ("… in
+openmoji style": outlines, where the subject is Noto's glossy style) and an added accessory ("…
+wearing a crown"). Each method is trained with :mod:`condiff.personalize` at the thesis's 400 steps,
+batch 1 (DreamBooth: 200 steps at twice the learning rate, see the recipe), its learning rates
+raised for the 16 M-parameter U-Net — or taken from an earlier run, because training is the slow
+part on a CPU:
 
-1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact), when
+1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact; the
+   DreamBooth U-Net as its 4-bit weight difference, :mod:`condiff.models.weight_delta`), when
    trained with the config's settings;
 2. the cache of earlier ``--train`` runs: ``<cache>/personalization/<model>-<method>-<settings hash>/``;
 3. otherwise, with ``train=True`` (``--train``), it trains now and fills the cache; without, a
    shipped result trained with other settings stands in (source "shipped (other settings)"), else
    the method is skipped and the report says how to get it.
 
-Every variant (the base model and each method) renders the three prompts and the class prompt
-("a portrait of a horse") with the same seeds. Metrics, following DreamBooth's evaluation (Ruiz
-et al. 2023, §4.1) with condiff-evalenc in place of CLIP/DINO:
+The table's ``source`` column says which: a cached/shipped artefact is loaded, but every picture and
+metric is computed in the run. Every variant (the base model and each method) renders the three
+prompts and the class prompt ("a horse") with the same seeds. Metrics, following DreamBooth's
+evaluation (Ruiz et al. 2023, §4.1) with condiff-evalenc in place of CLIP/DINO:
 
-* **subject fidelity**: mean 100·cos between each generated picture and the five subject pictures
-  (CLIP-I style), and the LPIPS-like distance to the nearest subject picture;
+* **subject fidelity**: mean 100·cos between each generated picture and the held-out views
+  (CLIP-I style), and the LPIPS-like distance to the nearest held-out view; each also as the paired
+  difference to the base model (same prompt and seed) with a bootstrap interval;
 * **prompt fidelity**: evalenc prompt score against the prompt *without* the identifier (CLIP-T);
 * **class drift** (language drift, DreamBooth §3.3): how far the class prompt's pictures moved from
   the base model's for the same seeds, 100·(1 − cos) in evalenc space (and LPIPS-like);
-* cost: training time, peak memory and the artefact's file size (full U-Net vs. LoRA vs. one
-  embedding: the thesis's "gigabytes / megabytes / kilobytes").
+* cost: sampling time of each cell in this run, training time, peak memory and the artefact's file
+  size (full U-Net vs. LoRA vs. one embedding: the thesis's "gigabytes / megabytes / kilobytes").
 """
 
 from __future__ import annotations
@@ -432,7 +442,7 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
                        "…_gain: paired difference to the base model, same prompt and seed (bootstrap 95 % CI; an interval "
                        "above 0 = closer to the subject than the base); prompt_fidelity: evalenc prompt score without the "
                        "identifier; class_drift: change of the class prompt's pictures vs. the base model, same seeds "
-                       "(0 = none). render_s: this run's sampling time of the variant's 4 cells; train_s / train_peak_mib: "
+                       "(0 = none). render_s: this run's sampling time of the variant's 3 prompt cells; train_s / train_peak_mib: "
                        "when the artefact was trained (source), vary between runs.")
     res.tables.append(table)
     pcols = ["variant", "prompt"] + [c for c in ("subject_fidelity", "prompt_fidelity", "lpips_like_subject", "cell_s")
