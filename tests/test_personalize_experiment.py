@@ -52,3 +52,39 @@ def test_shipped_results_were_trained_on_the_training_views_only(method):
     assert settings["subject"] == [SUBJECT_SOURCE, [list(v) for v in TRAIN_VIEWS]]
     assert not any(list(v) in settings["subject"][1] for v in HELD_OUT_VIEWS)
     assert settings["identifier"] == load_config("personalization").identifier
+
+
+def test_readme_personalization_example_uses_only_what_it_made():
+    """The README's personalization lines run as written from a fresh clone: every picture folder, LoRA,
+    embedding and DreamBooth file is made by an earlier line, and each embedding names its trained token."""
+    import glob
+    import re
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lines = [ln.split("  #")[0] for ln in (root / "README.md").read_text().splitlines()
+             if "personalize " in ln or "--embedding" in ln or "--lora" in ln or "my5" in ln]
+    made, tokens = set(), {}
+    assert any("--embedding" in ln for ln in lines) and any("personalize dreambooth" in ln for ln in lines)
+    for ln in lines:
+        if ln.startswith("mkdir"):
+            src = re.search(r"cp (\S+) my5/", ln).group(1)
+            assert glob.glob(str(root / src)), src
+            made.add("my5/")
+            continue
+        args = shlex.split(ln)
+        opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+        if args[1] == "personalize":
+            assert opt["--images"] in made
+            made.add(opt["--out"])
+            tokens[opt["--out"]] = opt.get("--token")
+        else:
+            if "--embedding" in opt:
+                file, _, token = opt["--embedding"].rpartition(":")
+                assert file in made and tokens[file] == token and token in args[2]
+            if "--lora" in opt:
+                file = opt["--lora"].rpartition(":")[0]
+                assert file in made and tokens[file] in args[2]
+            if "--model" in opt:
+                assert opt["--model"] in made and tokens[opt["--model"]] in args[2]
