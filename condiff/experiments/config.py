@@ -169,6 +169,7 @@ class LoRASection:
     lr: float = 3e-4
     rank: int = 4
     lr_schedule: str = "cosine"
+    targets: str = "cross-attention"  # a condiff.personalize.TARGET_PRESETS name
 
 
 @dataclass

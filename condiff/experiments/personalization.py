@@ -264,7 +264,7 @@ def train_method(ctx: ExperimentContext, config: PersonalizationConfig, method: 
             train_dreambooth(model, images, cfg, class_cache=Path(ctx.cache_dir) / "personalization" / "class-images")
             save_finetuned_weights(model, out, overwrite=True, base_unet=ctx.model.unet)  # 4-bit weight difference
         elif method == "lora":
-            cfg = LoRATrainConfig(rank=sec.rank, lr_schedule=sec.lr_schedule, **common)
+            cfg = LoRATrainConfig(rank=sec.rank, lr_schedule=sec.lr_schedule, targets={"unet": sec.targets}, **common)
             train_lora(model, images, inputs["captions"], cfg, out=out, overwrite=True)
         elif method == "textual_inversion":
             cfg = TextualInversionConfig(token=sec.token, initializer=sec.initializer or noun, **common)
