@@ -26,9 +26,12 @@ def _perturbed(model, scale=1e-3, seed=1):
 def test_weight_difference_round_trip_is_within_half_a_step():
     base = {"w": torch.randn(6, 3, 3, 3), "b": torch.randn(6), "odd": torch.randn(3, 5)}
     fine = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
-    stored = encode_delta(fine, base)
+    stored = encode_delta(fine, base, compress=False)
     assert stored["w.q4"].dtype == torch.uint8 and stored["w.q4"].numel() == (6 * 27 + 1) // 2
     out = decode_delta(stored, base)
+    packed = encode_delta(fine, base)  # LZMA is lossless
+    assert "w.q4xz" in packed and "w.q4" not in packed
+    assert all(torch.equal(out[k], v) for k, v in decode_delta(packed, base).items())
     for k in ("w", "odd"):
         step = (fine[k] - base[k]).reshape(base[k].shape[0], -1).abs().amax(1) / 7
         err = (out[k] - fine[k]).reshape(base[k].shape[0], -1).abs()

@@ -163,13 +163,15 @@ class DreamBoothSection:
 
 @dataclass
 class LoRASection:
-    """§4.4.3: cosine schedule, 400 steps, batch 1, adapters on cross-attention; lr 3e-4 (thesis 1e-4; ×10 broke the pictures)."""
+    """§4.4.3: cosine schedule, 400 steps, batch 1; lr 3e-4 (thesis 1e-4; ×10 broke the pictures). Adapters of
+    rank 8 on self- and cross-attention: rank 4 on cross-attention alone (the thesis's) does not carry the
+    built-in model's subject (docs/personalization_results.md)."""
 
     steps: int = 400
     lr: float = 3e-4
-    rank: int = 4
+    rank: int = 8
     lr_schedule: str = "cosine"
-    targets: str = "cross-attention"  # a condiff.personalize.TARGET_PRESETS name
+    targets: str = "attention"  # a condiff.personalize.TARGET_PRESETS name
 
 
 @dataclass
