@@ -333,7 +333,7 @@ def test_personalization_trains_caches_and_reuses_results(tmp_path, monkeypatch)
     assert list(rows) == ["base", "dreambooth", "lora", "textual_inversion"] and not first.skipped
     assert all(rows[m]["source"] == "trained now" for m in ("dreambooth", "lora", "textual_inversion"))
     # the thesis's sizes: whole U-Net (here its 4-bit weight difference) >> LoRA >> one embedding
-    assert rows["dreambooth"]["file_bytes"] > 5 * rows["lora"]["file_bytes"] > 10 * rows["textual_inversion"]["file_bytes"]
+    assert rows["dreambooth"]["file_bytes"] > 2 * rows["lora"]["file_bytes"] > 10 * rows["textual_inversion"]["file_bytes"]
     assert all(torch.equal(v, model.unet.state_dict()[k]) for k, v in unet0.items())  # base model untouched
     assert rows["textual_inversion"]["class_drift"]["mean"] == pytest.approx(0.0, abs=1e-3)  # new token only
     record = json.loads((find_result(ctx, config, "lora").folder / "train.json").read_text())
