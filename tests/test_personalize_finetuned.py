@@ -24,8 +24,9 @@ def _perturbed(model, scale=1e-3, seed=1):
 
 
 def test_weight_difference_round_trip_is_within_half_a_step():
-    base = {"w": torch.randn(6, 3, 3, 3), "b": torch.randn(6), "odd": torch.randn(3, 5)}
-    fine = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(6, 3, 3, 3, generator=g), "b": torch.randn(6, generator=g), "odd": torch.randn(3, 5, generator=g)}
+    fine = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}
     stored = encode_delta(fine, base, compress=False)
     assert stored["w.q4"].dtype == torch.uint8 and stored["w.q4"].numel() == (6 * 27 + 1) // 2
     out = decode_delta(stored, base)
@@ -35,7 +36,7 @@ def test_weight_difference_round_trip_is_within_half_a_step():
     for k in ("w", "odd"):
         step = (fine[k] - base[k]).reshape(base[k].shape[0], -1).abs().amax(1) / 7
         err = (out[k] - fine[k]).reshape(base[k].shape[0], -1).abs()
-        assert (err <= step[:, None] / 2 + 1e-6).all()
+        assert (err <= step[:, None] * 0.51 + 1e-6).all()  # half a step, plus the fp16 scale's rounding
     assert torch.allclose(out["b"], fine["b"], atol=1e-3)  # fp16 vector
     assert torch.equal(decode_delta(encode_delta(base, base), base)["w"], base["w"])  # no change -> exact
     with pytest.raises(KeyError, match="another model"):
