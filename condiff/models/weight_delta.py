@@ -9,7 +9,7 @@ full copy costs as much as the model. Stored as Δ = θ_fine − θ_base instead
 packed two values per byte (8 bytes per 16 weights + the scales) and, by default, compressed with
 LZMA (lossless; the nibbles of a fine-tune's difference are far from uniform, about 18 % smaller);
 vectors (biases, norms) are kept in fp16. Applying adds s_i·q_ij back to the base. The per-weight error is at most s_i/2, i.e. at most
-1/14 of the largest change in that row; the shipped artefact is evaluated as stored, so every
+1/14 of the largest change in that row (plus the fp16 rounding of s_i); the shipped artefact is evaluated as stored, so every
 figure measured from it includes this error. Keys keep their ``unet.`` prefix; :data:`DELTA_KIND`
 in the file's metadata (``condiff.delta``) marks the encoding. Written by
 :func:`condiff.personalize.save_finetuned_weights`, read by :func:`condiff.models.sd_loader.load_finetuned_model`.
