@@ -1,6 +1,7 @@
 """Textual-inversion embedding files (A1111 .pt/.safetensors, diffusers) and installing them."""
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,47 @@ def test_parity_with_diffusers_textual_inversion_loading(tmp_path):
         want = pipe.text_encoder(input_ids=theirs_ids).last_hidden_state
     got, _ = ours([prompt])
     assert (got - want).abs().max() < 1e-6
+
+
+# ------------------------------------------------------------------------------ which token a file binds to
+def test_a_file_whose_stored_token_differs_from_its_name_says_which_token_it_uses(tmp_path):
+    path = save_embedding(TextualEmbedding("zq", _vectors(1)), tmp_path / "emb.safetensors", "a1111")
+    with pytest.warns(UserWarning, match=r"binds to the token 'emb'.*'zq' stored in it; write emb.safetensors:zq"):
+        assert load_embedding(path).token == "emb"  # A1111's rule: the file name
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit token, or a name that matches, is silent
+        assert load_embedding(path, token="zq").token == "zq"
+        same = save_embedding(TextualEmbedding("zq", _vectors(1)), tmp_path / "zq.safetensors", "a1111")
+        assert load_embedding(same).token == "zq"
+    pt = save_embedding(TextualEmbedding("mytok", _vectors(1)), tmp_path / "other.pt", "a1111-pt")
+    with pytest.warns(UserWarning, match="'mytok' stored in it"):  # A1111 .pt files record their name
+        assert load_embedding(pt).token == "other"
+
+
+def test_embedding_spec_file_colon_token(tmp_path):
+    from condiff.personalize.embeddings import parse_embedding_spec
+
+    assert parse_embedding_spec("emb.safetensors") == (Path("emb.safetensors"), None)
+    assert parse_embedding_spec("dir/emb.safetensors:zq") == (Path("dir/emb.safetensors"), "zq")
+    assert parse_embedding_spec("emb.pt:<sks>") == (Path("emb.pt"), "<sks>")
+    odd = tmp_path / "a:b.pt"  # an existing file whose name holds a colon is that file
+    odd.write_bytes(b"x")
+    assert parse_embedding_spec(str(odd)) == (odd, None)
+    for bad in ("emb.pt:", "emb.pt:two words", ":zq", "emb.pt:a/b"):
+        with pytest.raises(ValueError, match="FILE:TOKEN"):
+            parse_embedding_spec(bad)
+
+
+def test_cli_embedding_option_binds_the_token_after_the_colon(tmp_path, capsys):
+    from condiff.commands._common import personalize
+    from test_personalize import tiny_ldm
+
+    path = save_embedding(TextualEmbedding("zq", _vectors(1)), tmp_path / "emb.safetensors", "a1111")
+    model = tiny_ldm()
+    applied = personalize(model, [], [f"{path}:zq"])
+    assert applied["embeddings"] == [{"file": str(path), "token": "zq"}]
+    assert "the prompt token is 'zq'" in capsys.readouterr().err
+    ids = model.text_encoder.tokenizer("zq", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1 and torch.equal(token_embedding(model.text_encoder).weight[ids[0]], _vectors(1)[0])

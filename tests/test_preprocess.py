@@ -135,3 +135,49 @@ def test_pose_heuristic_finds_procedural_figures():
         errs.append(np.median(np.linalg.norm(kp[body, :2] - fig.keypoints[body, :2], axis=1)))
     assert np.median(errs) < 8.0, errs
     assert get_preprocessor("pose")(np.full((64, 64, 3), 255, np.uint8)).max() == 0
+
+
+# ------------------------------------------------------------------------------ domains
+def _photo_like(size=128, seed=0):
+    """A photograph stand-in: smooth colour gradients + sensor noise, no plain border."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([120 + 80 * np.sin(3 * x + 1), 100 + 90 * y, 90 + 60 * np.cos(4 * x * y)], -1)
+    return np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_every_extractor_states_its_domain_in_the_control_help():
+    import typer
+    from typer.testing import CliRunner
+
+    from condiff.commands import control
+    from condiff.preprocess import DOMAINS
+
+    assert set(DOMAINS) == set(list_preprocessors()) and all(len(v) > 20 for v in DOMAINS.values())
+    app = typer.Typer()
+    control.register(app)
+    app.command("noop")(lambda: None)  # keep `control` a named sub-command
+    out = CliRunner().invoke(app, ["control", "--help"], env={"COLUMNS": "400"}, terminal_width=400).output
+    flat = " ".join(out.replace("│", " ").split())
+    for name in ("depth", "pose"):
+        assert f"{name}: {DOMAINS[name].split(',')[0]}" in flat, name
+
+
+@pytest.mark.parametrize("name", ["lineart", "depth", "normal", "pose"])
+def test_a_photograph_gets_a_domain_warning(name):
+    with pytest.warns(UserWarning, match=f"{name}: .*(photograph|no figure)"):
+        get_preprocessor(name)(_photo_like())
+
+
+def test_world_drawings_and_edge_operators_give_no_warning(icon_records):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rec in icon_records[:3]:
+            for name in ("lineart", "depth", "normal"):
+                get_preprocessor(name)(rec["image"])
+        for name in ("canny", "softedge"):  # made for any picture
+            get_preprocessor(name)(_photo_like())
+    with pytest.warns(UserWarning, match="pose: no figure found"):  # a disc is not a figure
+        get_preprocessor("pose")(_disc_image())

@@ -68,8 +68,8 @@ def test_bundle_keeps_every_text_of_the_experiments_and_textual_inversion_works(
     from condiff.train.recipes.bundle import experiment_texts, export_minilm
 
     texts = experiment_texts()
-    for t in ("a portrait of a sks horse", "a portrait of a horse", "a sks horse, glossy style", "a photo of a <sks>",
-              "a <sks> in a space suit", "a horse in a space suit", "horse", "a woman wearing a scarf",
+    for t in ("a nrhp horse on a carousel", "a horse", "a nrhp horse, glossy style", "a photo of a <sks>",
+              "a <sks> wearing a crown", "a horse wearing a crown", "horse", "a woman wearing a scarf",
               "a woman, glossy shaded style", ""):
         assert t in texts
     out = export_minilm(tmp_path / "minilm")

@@ -120,12 +120,13 @@ def _weight_file(path: Path, what: str) -> Path:
     return V.check_weight_file(path, what)
 
 
-def personalize(model, loras: list[str], embeddings: list[Path]):
-    """Apply LoRA files and textual-inversion embeddings to a loaded model; returns their record.
+def personalize(model, loras: list[str], embeddings: list):
+    """Apply LoRA files and textual-inversion embeddings (``FILE`` or ``FILE:TOKEN``) to a loaded model;
+    returns their record.
 
     The one place the CLI applies embeddings; unreadable files become :class:`~condiff.errors.ModelError`.
     """
-    from ..personalize.embeddings import load_embedding_into_model
+    from ..personalize.embeddings import load_embedding_into_model, parse_embedding_spec
     from ..personalize.lora_formats import apply_lora, parse_lora_spec
 
     applied = {}
@@ -134,9 +135,11 @@ def personalize(model, loras: list[str], embeddings: list[Path]):
         with V.wrap_model_errors(path, "LoRA file"):
             apply_lora(model, _weight_file(path, "LoRA file"), V.check_float("LoRA weight", weight))
         applied.setdefault("loras", []).append({"file": str(path), "weight": weight})
-    for path in embeddings:
-        with V.wrap_model_errors(path, "embedding file"):
-            emb = load_embedding_into_model(model, _weight_file(path, "embedding file"))
+    for spec in embeddings:
+        with V.wrap_model_errors(spec, "embedding file"):
+            path, token = parse_embedding_spec(spec)
+            emb = load_embedding_into_model(model, _weight_file(path, "embedding file"), token)
+        typer.echo(f"embedding {path.name}: the prompt token is {emb.token!r}", err=True)
         applied.setdefault("embeddings", []).append({"file": str(path), "token": emb.token})
     return applied
 
@@ -150,7 +153,11 @@ def check_personalization_files(loras: list[str], embeddings: list[Path]) -> Non
             path, weight = parse_lora_spec(spec)
         _weight_file(path, "LoRA file")
         V.check_float("LoRA weight", weight)
-    for path in embeddings:
+    from ..personalize.embeddings import parse_embedding_spec
+
+    for spec in embeddings:
+        with V.wrap_model_errors(spec, "embedding file"):
+            path, _ = parse_embedding_spec(spec)
         _weight_file(path, "embedding file")
 
 

@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 import typer
 
 from .. import validate as V
+from ..preprocess.domain import DOMAINS
 from . import _common as C
 
 
@@ -25,7 +26,8 @@ def register(app: typer.Typer) -> None:
 def control_cmd(
     input: Path = typer.Argument(..., help="Picture to take the condition from (or the condition itself with --no-preprocess)."),
     prompt: str = typer.Argument(..., help="Text prompt."),
-    types: List[str] = typer.Option(..., "--type", help="Condition type: canny, lineart, softedge, depth, normal, pose. Repeat for several ControlNets."),
+    types: List[str] = typer.Option(..., "--type", help="Condition type (repeat for several ControlNets); what each "
+                                    "preprocessor is made for: " + "; ".join(f"{k}: {v}" for k, v in DOMAINS.items()) + "."),
     scale: List[float] = typer.Option([1.0], "--scale", help="Conditioning scale, a finite number (1 = as trained): one for all types or one per --type."),
     preprocess: bool = typer.Option(True, "--preprocess/--no-preprocess", help="Run the type's preprocessor on INPUT (off: INPUT is a ready condition image)."),
     start: float = typer.Option(0.0, "--start", min=0.0, max=1.0, help="Fraction of the schedule in [0, 1] where control starts (0 = pure noise)."),

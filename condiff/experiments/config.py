@@ -150,31 +150,37 @@ class InpaintingConfig:
 
 @dataclass
 class DreamBoothSection:
-    """§4.4.2: lr 5e-6, 400 steps, batch 1, prior preservation (diffusers' defaults: λ = 1, 100 class images)."""
+    """§4.4.2: batch 1, prior preservation (λ = 1); 200 steps at lr 1e-4 (the thesis: 400 at 5e-6 for SD's 860 M
+    parameters, which moves nothing visible in the 16 M built-in U-Net; 200 × 1e-4 = 400 × 5e-5, at half the
+    CPU time of a step with its prior term), 8 class images (diffusers: 100)."""
 
-    steps: int = 400
-    lr: float = 5e-6
+    steps: int = 200
+    lr: float = 1e-4
     prior_weight: float = 1.0
-    num_class_images: int = 100
+    num_class_images: int = 8
     class_steps: int = 25
 
 
 @dataclass
 class LoRASection:
-    """§4.4.3: lr 1e-4 with a cosine schedule, 400 steps, batch 1, adapters on cross-attention."""
+    """§4.4.3: cosine schedule, 400 steps, batch 1; lr 3e-4 (thesis 1e-4; ×10 broke the pictures). Adapters of
+    rank 8 on self- and cross-attention: rank 4 on cross-attention alone (the thesis's) does not carry the
+    built-in model's subject (docs/personalization_results.md)."""
 
     steps: int = 400
-    lr: float = 1e-4
-    rank: int = 4
+    lr: float = 3e-4
+    rank: int = 8
     lr_schedule: str = "cosine"
+    targets: str = "attention"  # a condiff.personalize.TARGET_PRESETS name
 
 
 @dataclass
 class TextualInversionSection:
-    """§4.4.4: lr 5e-4, 400 steps, batch 1, placeholder "<sks>"; an empty initializer means the class noun."""
+    """§4.4.4: 400 steps, batch 1, placeholder "<sks>", lr 5e-3 (thesis 5e-4, ×10 as above); an empty
+    initializer means the class noun."""
 
     steps: int = 400
-    lr: float = 5e-4
+    lr: float = 5e-3
     token: str = "<sks>"
     initializer: str = ""
 
@@ -186,6 +192,11 @@ class PersonalizationConfig:
     experiment: str = "personalization"
     guidance: float = 5.0
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    identifier: str = "nrhp"  # one rare WordPiece of MiniLM's vocabulary, absent from the world's captions
+    #: recontextualisation, another style, an added accessory (thesis §4.4: portrait, painting, space suit)
+    prompts: list[str] = field(default_factory=lambda: ["a {identifier} {class_noun} on a carousel",
+                                                        "a {identifier} {class_noun} in openmoji style",
+                                                        "a {identifier} {class_noun} wearing a crown"])
     run: RunSettings = field(default_factory=RunSettings)
     dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
     lora: LoRASection = field(default_factory=LoRASection)
@@ -204,6 +215,9 @@ class PersonalizationConfig:
             raise ValueError(f"{where}[dreambooth] needs num_class_images ≥ 1 and prior_weight ≥ 0")
         if self.lora.rank < 1 or self.lora.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"{where}[lora] needs rank ≥ 1 and lr_schedule 'constant' or 'cosine'")
+        if not self.identifier.strip() or any(c.isspace() for c in self.identifier) or len(self.prompts) < 1 \
+                or any("{identifier}" not in p for p in self.prompts):
+            raise ValueError(f"{where}identifier must be one word and every prompt must contain {{identifier}}")
         if not self.textual_inversion.token.strip():
             raise ValueError(f"{where}[textual_inversion].token must not be empty")
 
@@ -342,7 +356,5 @@ def to_dict(config: Any) -> dict[str, Any]:
 _QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sketch": {"run": {"images_per_cell": 2, "steps": 12}},
     "inpainting": {"run": {"images_per_cell": 2, "steps": 12}},
-    "personalization": {"run": {"images_per_cell": 2, "steps": 12},
-                        "dreambooth": {"steps": 40, "lr": 5e-5, "num_class_images": 4, "class_steps": 12},
-                        "lora": {"steps": 40, "lr": 1e-3}, "textual_inversion": {"steps": 40, "lr": 5e-3}},
+    "personalization": {"run": {"images_per_cell": 2, "steps": 12}},  # the same trained results as the full run
 }

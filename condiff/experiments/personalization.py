@@ -1,29 +1,39 @@
 """Experiment 3 (thesis §4.4): DreamBooth, LoRA and textual inversion × three prompts, measured.
 
-The subject is the held-out unicorn of the built-in world (five pictures, identifier "sks", class
-noun "horse", :mod:`condiff.data.experiment_inputs`); the thesis used five photos of a woman.
-Each method is trained with :mod:`condiff.personalize` at the thesis's settings (§4.4.2–4.4.4:
-400 steps, batch 1; lr 5e-6 / 1e-4 cosine / 5e-4) — or taken from an earlier run, because
-training is the slow part on a CPU:
+The subject is one picture the base models never saw: the Noto unicorn (the concept is removed
+from every training source, :mod:`condiff.data.heldout`), like the thesis's one woman. The methods
+train on five views of it (:data:`TRAIN_VIEWS`: turned, scaled, mirrored, shifted) with the
+identifier ``nrhp`` (one rare WordPiece, absent from the world's captions; the thesis's "sks" is two
+common pieces for MiniLM) and the class noun "horse"; three other views (:data:`HELD_OUT_VIEWS`)
+are used only to measure subject fidelity. The three prompts are the thesis's three kinds, in the
+vocabulary of the built-in world: recontextualisation ("… on a carousel"), another style ("… in
+openmoji style": outlines, where the subject is Noto's glossy style) and an added accessory ("…
+wearing a crown"). Each method is trained with :mod:`condiff.personalize` at the thesis's 400 steps,
+batch 1 (DreamBooth: 200 steps at twice the learning rate, see the recipe), its learning rates
+raised for the 16 M-parameter U-Net — or taken from an earlier run, because training is the slow
+part on a CPU:
 
-1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact), when
+1. shipped results: ``<weights>/personalization/<method>/`` (``train.json`` + the artefact; the
+   DreamBooth U-Net as its 4-bit weight difference, :mod:`condiff.models.weight_delta`), when
    trained with the config's settings;
 2. the cache of earlier ``--train`` runs: ``<cache>/personalization/<model>-<method>-<settings hash>/``;
 3. otherwise, with ``train=True`` (``--train``), it trains now and fills the cache; without, a
    shipped result trained with other settings stands in (source "shipped (other settings)"), else
    the method is skipped and the report says how to get it.
 
-Every variant (the base model and each method) renders the three prompts and the class prompt
-("a portrait of a horse") with the same seeds. Metrics, following DreamBooth's evaluation (Ruiz
-et al. 2023, §4.1) with condiff-evalenc in place of CLIP/DINO:
+The table's ``source`` column says which: a cached/shipped artefact is loaded, but every picture and
+metric is computed in the run. Every variant (the base model and each method) renders the three
+prompts and the class prompt ("a horse") with the same seeds. Metrics, following DreamBooth's
+evaluation (Ruiz et al. 2023, §4.1) with condiff-evalenc in place of CLIP/DINO:
 
-* **subject fidelity**: mean 100·cos between each generated picture and the five subject pictures
-  (CLIP-I style), and the LPIPS-like distance to the nearest subject picture;
+* **subject fidelity**: mean 100·cos between each generated picture and the held-out views
+  (CLIP-I style), and the LPIPS-like distance to the nearest held-out view; each also as the paired
+  difference to the base model (same prompt and seed) with a bootstrap interval;
 * **prompt fidelity**: evalenc prompt score against the prompt *without* the identifier (CLIP-T);
 * **class drift** (language drift, DreamBooth §3.3): how far the class prompt's pictures moved from
   the base model's for the same seeds, 100·(1 − cos) in evalenc space (and LPIPS-like);
-* cost: training time, peak memory and the artefact's file size (full U-Net vs. LoRA vs. one
-  embedding: the thesis's "gigabytes / megabytes / kilobytes").
+* cost: sampling time of each cell in this run, training time, peak memory and the artefact's file
+  size (full U-Net vs. LoRA vs. one embedding: the thesis's "gigabytes / megabytes / kilobytes").
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 import warnings
 import weakref
@@ -40,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..io import atomic_path
@@ -56,10 +68,17 @@ __all__ = ["Personalized", "run_personalization", "subject_inputs", "subject_tex
 METHOD_TITLES = {"dreambooth": "DreamBooth", "lora": "LoRA", "textual_inversion": "Textual inversion"}
 ARTEFACT_FILES = {"dreambooth": "unet.safetensors", "lora": "lora.safetensors",
                   "textual_inversion": "embedding.safetensors"}
-_STYLE = {"noto": "glossy", "twemoji": "flat", "fluent-emoji-flat": "pastel flat", "openmoji": "outlined"}
 #: DreamBooth's instance prompt and the class prompt (DreamBooth's prior preservation and the drift check).
-INSTANCE_TEMPLATE = "a portrait of a {identifier} {class_noun}"
-CLASS_TEMPLATE = "a portrait of a {class_noun}"
+INSTANCE_TEMPLATE = "a {identifier} {class_noun}"
+CLASS_TEMPLATE = "a {class_noun}"
+#: The subject is one picture (the Noto unicorn, like the thesis's one woman) seen in several poses:
+#: (angle °, scale, mirrored, shift x, shift y) of a view, as fractions of the picture.
+TRAIN_VIEWS = ((0.0, 1.0, False, 0.0, 0.0), (-14.0, 0.8, True, 0.0, 0.0), (8.0, 0.9, False, 0.05, 0.0),
+               (0.0, 0.85, True, 0.0, 0.05), (-6.0, 1.0, False, 0.0, 0.0))
+#: Poses of the same subject used only for measuring subject fidelity (never trained on).
+HELD_OUT_VIEWS = ((15.0, 0.75, False, 0.0, 0.0), (-10.0, 0.9, True, -0.05, 0.0), (4.0, 0.7, True, 0.0, -0.05))
+SUBJECT_SOURCE = "noto/unicorn"
+PROMPT_KINDS = ("recontextualisation", "another style", "an added accessory")
 
 
 @dataclass
@@ -76,28 +95,41 @@ class Personalized:
         return self.folder / ARTEFACT_FILES[self.method]
 
 
-def _texts(doc: dict[str, Any]) -> dict[str, Any]:
-    ident, noun = doc["identifier"], doc["class_noun"]
-    captions = [f"a {ident} {noun}, {_STYLE.get(s['source'].split('/')[0], 'emoji')} style" for s in doc["subject"]]
-    return {"identifier": ident, "class_noun": noun, "prompts": list(doc["prompts"]), "captions": captions,
-            "thesis_prompts": doc.get("thesis_prompts", [])}
+def subject_view(image: Tensor, angle: float, scale: float, mirrored: bool, dx: float, dy: float) -> Tensor:
+    """One pose of a [3, S, S] picture in [0, 1] on white: mirrored, turned by ``angle`` degrees, scaled and
+    shifted (by fractions of the picture), the uncovered corners white."""
+    x = image.flip(-1) if mirrored else image
+    a = math.radians(angle)
+    theta = torch.tensor([[math.cos(a) / scale, -math.sin(a) / scale, dx],
+                          [math.sin(a) / scale, math.cos(a) / scale, dy]], dtype=x.dtype)[None]
+    grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+    return (F.grid_sample(x[None] - 1, grid, padding_mode="zeros", align_corners=False)[0] + 1).clamp(0, 1)
 
 
-def subject_texts() -> dict[str, Any]:
+def subject_texts(config: PersonalizationConfig | None = None) -> dict[str, Any]:
     """Identifier, class noun, prompts and LoRA captions of the subject (no pictures loaded)."""
     from ..data.experiment_inputs import EXPERIMENTS_DIR
     from ..data.shards import read_json
 
-    return _texts(read_json(EXPERIMENTS_DIR / "experiments.json")["exp3"])
+    config = config or PersonalizationConfig()
+    doc = read_json(EXPERIMENTS_DIR / "experiments.json")["exp3"]
+    ident, noun = config.identifier, doc["class_noun"]
+    prompts = [p.format(identifier=ident, class_noun=noun) for p in config.prompts]
+    return {"identifier": ident, "class_noun": noun, "prompts": prompts,
+            "captions": [f"a {ident} {noun}, glossy style"] * len(TRAIN_VIEWS),
+            "thesis_prompts": doc.get("thesis_prompts", [])}
 
 
-def subject_inputs(size: int) -> dict[str, Any]:
-    """The five subject pictures [5, 3, S, S] in [0, 1], identifier, class noun, prompts, LoRA captions."""
+def subject_inputs(size: int, config: PersonalizationConfig | None = None) -> dict[str, Any]:
+    """The subject's training views [5, 3, S, S] and held-out views [3, 3, S, S] in [0, 1] (all of the
+    Noto unicorn, which no model was trained on), with :func:`subject_texts`."""
     from ..data.experiment_inputs import load_experiment_inputs
 
     doc = load_experiment_inputs()["exp3"]
-    images = torch.cat([to_model_size(as_unit_batch(s["image"]), size) for s in doc["subject"]])
-    return {"images": images, **_texts(doc)}
+    picture = next(s for s in doc["subject"] if s["source"] == SUBJECT_SOURCE and s["angle"] == 0 and not s["mirrored"])
+    base = to_model_size(as_unit_batch(picture["image"]), size)[0]
+    return {"images": torch.stack([subject_view(base, *v) for v in TRAIN_VIEWS]),
+            "held_out": torch.stack([subject_view(base, *v) for v in HELD_OUT_VIEWS]), **subject_texts(config)}
 
 
 def personalization_texts(config: PersonalizationConfig) -> list[str]:
@@ -108,7 +140,7 @@ def personalization_texts(config: PersonalizationConfig) -> list[str]:
     their word pieces (:mod:`condiff.train.recipes.bundle`)."""
     from ..personalize import TextualInversionConfig
 
-    t = subject_texts()
+    t = subject_texts(config)
     ident, noun, token = t["identifier"], t["class_noun"], config.textual_inversion.token
     texts = ["", ident, noun, INSTANCE_TEMPLATE.format(identifier=ident, class_noun=noun),
              CLASS_TEMPLATE.format(class_noun=noun), *t["captions"], *t["thesis_prompts"]]
@@ -158,7 +190,8 @@ def base_fingerprint(model) -> str:
 
 def _settings(ctx: ExperimentContext, config: PersonalizationConfig, method: str) -> dict[str, Any]:
     return {"model": ctx.model.name, "base_unet": base_fingerprint(ctx.model), "image_size": ctx.model.image_size,
-            "method": method, "seed": config.run.seed,
+            "method": method, "seed": config.run.seed, "identifier": config.identifier,
+            "subject": [SUBJECT_SOURCE, [list(v) for v in TRAIN_VIEWS]],
             "sampler": config.run.sampler, "guidance": config.guidance, **dataclasses.asdict(getattr(config, method))}
 
 
@@ -229,9 +262,9 @@ def train_method(ctx: ExperimentContext, config: PersonalizationConfig, method: 
                                    num_class_images=sec.num_class_images, class_sampler=run.sampler,
                                    class_steps=sec.class_steps, class_guidance=config.guidance, **common)
             train_dreambooth(model, images, cfg, class_cache=Path(ctx.cache_dir) / "personalization" / "class-images")
-            save_finetuned_weights(model, out, overwrite=True)
+            save_finetuned_weights(model, out, overwrite=True, base_unet=ctx.model.unet)  # 4-bit weight difference
         elif method == "lora":
-            cfg = LoRATrainConfig(rank=sec.rank, lr_schedule=sec.lr_schedule, **common)
+            cfg = LoRATrainConfig(rank=sec.rank, lr_schedule=sec.lr_schedule, targets={"unet": sec.targets}, **common)
             train_lora(model, images, inputs["captions"], cfg, out=out, overwrite=True)
         elif method == "textual_inversion":
             cfg = TextualInversionConfig(token=sec.token, initializer=sec.initializer or noun, **common)
@@ -267,6 +300,21 @@ def apply_method(model, p: Personalized):
 
 
 # --------------------------------------------------------------------------- evaluation
+COLUMN_LABELS.setdefault("subject_fidelity_gain", "subject fidelity − base, paired ↑")
+COLUMN_LABELS.setdefault("lpips_like_subject_gain", "LPIPS-like: base − method, paired ↑")
+COLUMN_LABELS.setdefault("render_s", "sampling s (this run)")
+COLUMN_LABELS.setdefault("cell_s", "cell s (this run)")
+
+
+def _paired_gains(values: dict[str, list[float]], base: dict[str, list[float]]) -> dict[str, Any]:
+    """Per-image paired differences to the base model (same prompt, same seed), summarized with a bootstrap
+    CI: ``subject_fidelity_gain`` = method − base, ``lpips_like_subject_gain`` = base − method (↑ = closer)."""
+    out = {}
+    if "subject_fidelity" in values and "subject_fidelity" in base:
+        out["subject_fidelity_gain"] = summarize([a - b for a, b in zip(values["subject_fidelity"], base["subject_fidelity"])])
+    out["lpips_like_subject_gain"] = summarize([b - a for a, b in zip(values["lpips_like_subject"], base["lpips_like_subject"])])
+    return out
+
 
 
 def _render(model, prompt: str, config: PersonalizationConfig, show_progress: bool) -> Tensor:
@@ -290,20 +338,22 @@ def _evaluate_variant(ctx: ExperimentContext, config: PersonalizationConfig, nam
     class prompt last, per-prompt metric summaries). ``base_class``: the base model's class-prompt
     pictures (None for the base model itself), against which drift is measured.
     """
-    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
+    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["held_out"]
     token = config.textual_inversion.token
     values: dict[str, list[float]] = {}
     rows, images, per_prompt = [], [], {}
     for p in inputs["prompts"]:
         shown = _method_prompt(name, p, ident, noun, token)
+        t0 = time.perf_counter()
         imgs = _render(model, shown, config, ctx.show_progress)
+        render_s = time.perf_counter() - t0
         images.append(imgs)
         m = {"lpips_like_subject": _nearest_lpips(imgs, subject)}
         if ctx.evalenc is not None:
             m["subject_fidelity"] = ctx.evalenc.image_similarity(imgs, subject)
             m["prompt_fidelity"] = ctx.evalenc.prompt_scores(imgs, _without_identifier(p, ident))
         per_prompt[p] = {k: summarize(v) for k, v in m.items()}
-        rows.append({"variant": name, "prompt": shown, **per_prompt[p]})
+        rows.append({"variant": name, "prompt": shown, **per_prompt[p], "cell_s": round(render_s, 2)})
         for k, v in m.items():
             values.setdefault(k, []).extend(v.tolist())
     class_imgs = _render(model, CLASS_TEMPLATE.format(class_noun=noun), config, ctx.show_progress)
@@ -322,11 +372,13 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
     run = config.run
     res = ExperimentResult("personalization", EXPERIMENT_TITLES["personalization"], to_dict(config),
                            seeds=run.seeds)
-    inputs = subject_inputs(ctx.model.image_size)
+    inputs = subject_inputs(ctx.model.image_size, config)
     ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
-    res.figures.append(Figure("dataset", "The subject's five pictures (Fig. 4.17)", image_grid(
-        [[subject]], row_labels=["subject"], col_labels=[f"“{ident} {noun}”: held out of all training"]),
-        "LoRA captions: " + "; ".join(inputs["captions"]), "image"))
+    res.figures.append(Figure("dataset", "The subject: five training views and three held-out views (Fig. 4.17)",
+                              image_grid([[subject], [inputs["held_out"]]], row_labels=["trained on", "held out"],
+                                         col_labels=[f"“{ident} {noun}” ({SUBJECT_SOURCE}, absent from all base training)"]),
+                              f"Subject fidelity is measured against the held-out views only. LoRA captions: "
+                              f"{inputs['captions'][0]}. Prompt kinds: {', '.join(PROMPT_KINDS)}.", "image"))
     variants: list[tuple[str, Any, Personalized | None]] = [("base", ctx.model, None)]
     for method in config.methods:
         found = find_result(ctx, config, method)
@@ -347,7 +399,7 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
     if ctx.evalenc is None:
         res.skip("evalenc metrics", "no evaluation encoder: subject/prompt fidelity and drift in evalenc space not measured")
     prompts, token = inputs["prompts"], config.textual_inversion.token
-    per_prompt, per_method, grids, base_class = [], [], [], None
+    per_prompt, per_method, grids, base_class, base_values = [], [], [], None, {}
     metrics: dict[str, Any] = {}
     for name, model, found in variants:
         if not ctx.budget.allows():
@@ -359,9 +411,14 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
         per_prompt += rows
         grids.append((name, images))
         summary = {k: summarize(v) for k, v in values.items()}
+        if name == "base":
+            base_values = values
+        else:
+            summary.update(_paired_gains(values, base_values))
         metrics[name].update(summary)
         entry = {"variant": name, "method": METHOD_TITLES.get(name, "base model (no personalization)"),
-                 "source": found.source if found else "—", **summary}
+                 "source": found.source if found else "—", **summary,
+                 "render_s": round(sum(r["cell_s"] for r in rows), 1)}
         if found is not None:
             rec = found.record
             entry.update({"train_s": rec.get("seconds"), "train_peak_mib": rec.get("peak_mib"),
@@ -375,20 +432,24 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             [imgs for _, imgs in grids], row_labels=[METHOD_TITLES.get(n, "base") for n, _ in grids], col_labels=cols),
             f"Each cell: seeds {', '.join(map(str, run.seeds))}. Textual inversion writes '{token}' for "
             f"'{ident} {noun}'.", "grid"))
-    cols = ["variant", "method", "source", "subject_fidelity", "prompt_fidelity", "lpips_like_subject", "class_drift",
-            "class_drift_lpips_like", "train_s", "train_peak_mib", "file_bytes", "steps"]
+    cols = ["variant", "method", "source", "subject_fidelity", "subject_fidelity_gain", "lpips_like_subject",
+            "lpips_like_subject_gain", "prompt_fidelity", "class_drift", "class_drift_lpips_like", "render_s", "train_s",
+            "train_peak_mib", "file_bytes", "steps"]
     cols = [c for c in cols if any(c in e for e in per_method)]
     table = Table("methods", "Personalization methods (means over prompts × seeds)", cols, per_method,
                   feature_extractor=ctx.evalenc_name)
-    table.notes.append("subject_fidelity: evalenc 100·cos to the five subject pictures; prompt_fidelity: evalenc prompt "
-                       "score without the identifier; class_drift: change of the class prompt's pictures vs. the base "
-                       "model, same seeds (0 = none). train_s / train_peak_mib vary between runs.")
+    table.notes.append("subject_fidelity: evalenc 100·cos to the three held-out views of the subject (never trained on); "
+                       "…_gain: paired difference to the base model, same prompt and seed (bootstrap 95 % CI; an interval "
+                       "above 0 = closer to the subject than the base); prompt_fidelity: evalenc prompt score without the "
+                       "identifier; class_drift: change of the class prompt's pictures vs. the base model, same seeds "
+                       "(0 = none). render_s: this run's sampling time of the variant's 3 prompt cells; train_s / train_peak_mib: "
+                       "when the artefact was trained (source), vary between runs.")
     res.tables.append(table)
-    pcols = ["variant", "prompt"] + [c for c in ("subject_fidelity", "prompt_fidelity", "lpips_like_subject")
+    pcols = ["variant", "prompt"] + [c for c in ("subject_fidelity", "prompt_fidelity", "lpips_like_subject", "cell_s")
                                      if any(c in r for r in per_prompt)]
     res.tables.append(Table("prompts", "Per prompt (means over seeds)", pcols, per_prompt, feature_extractor=ctx.evalenc_name))
     res.metrics["variants"] = metrics
-    for key in ("subject_fidelity", "prompt_fidelity", "class_drift"):
+    for key in ("subject_fidelity_gain", "lpips_like_subject_gain", "subject_fidelity", "prompt_fidelity", "class_drift"):
         if any(key in e for e in per_method):
             res.headlines.append(f"{COLUMN_LABELS[key]}: " + ", ".join(
                 f"{e['method'] if e['variant'] != 'base' else 'base'} {fmt_summary(e.get(key))}" for e in per_method if key in e))

@@ -243,6 +243,10 @@ def load_model(name_or_path: str = "builtin", device: str | torch.device = "cpu"
     from ..validate import check_model_path
 
     path = check_model_path(name_or_path)
+    from .sd_loader import finetuned_metadata, load_finetuned_model
+
+    if path.exists() and finetuned_metadata(path) is not None:  # a DreamBooth file: its base + the fine-tuned U-Net
+        return load_finetuned_model(path, device=device, dtype=dtype)
     if path.exists():
         from .sd_loader import load_sd
 

@@ -58,7 +58,8 @@ from .sd_text import (
 )
 from .sd_tokenizer import load_clip_tokenizer
 
-__all__ = ["load_sd", "load_controlnet", "load_state_file", "load_component_state", "load_weights_into"]
+__all__ = ["load_sd", "load_controlnet", "load_state_file", "load_component_state", "load_weights_into",
+           "FINETUNE_KIND", "finetuned_metadata", "apply_finetuned_weights", "load_finetuned_model"]
 
 # names of the deprecated diffusers attention layout inside the autoencoder
 _LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -241,6 +242,8 @@ def load_sd(
     """
     set_offline_env()
     path = Path(path).expanduser()
+    if finetuned_metadata(path) is not None:  # a DreamBooth file: its base model + the fine-tuned U-Net
+        return load_finetuned_model(path, device, dtype)
     device = torch.device(device)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
@@ -316,3 +319,85 @@ def load_controlnet(
         raise ValueError(f"this ControlNet expects context width {cfg.unet.cross_attention_dim} but the base model "
                          f"has {base.unet.config.cross_attention_dim}; it belongs to another SD family")
     return net.to(device=device).eval()
+
+
+# ============================================================ fine-tuned U-Nets (DreamBooth files)
+FINETUNE_KIND = "dreambooth"  # metadata ``condiff.kind`` of condiff.personalize.save_finetuned_weights' files
+
+
+def finetuned_metadata(path: str | Path) -> dict[str, str] | None:
+    """The metadata of a condiff fine-tuned-weights file (``unet.*`` [+ ``text_encoder.*``] keys,
+    ``condiff.kind = "dreambooth"``, ``condiff.base`` naming the base model), else None."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # unreadable: the ordinary loaders report it
+        return None
+    return meta if meta.get("condiff.kind") == FINETUNE_KIND else None
+
+
+def apply_finetuned_weights(model: LatentDiffusion, path: str | Path, text_module=None) -> None:
+    """Put a fine-tuned-weights file into ``model``: the U-Net (a full copy, or a weight difference
+    added to the model's own, :mod:`condiff.models.weight_delta`) and, when the file holds one and
+    ``text_module(model.text_encoder)`` finds its transformer, the text encoder. Strict per part."""
+    from safetensors.torch import load_file
+
+    from .weight_delta import decode_delta
+
+    state = load_file(str(path))
+    parts: dict[str, dict[str, Tensor]] = {"unet": {}, "text_encoder": {}}
+    for k, v in state.items():
+        comp, _, rest = k.partition(".")
+        if comp not in parts:
+            raise ValueError(f"{path}: unexpected key {k!r} (keys must start with 'unet.' or 'text_encoder.')")
+        parts[comp][rest] = v
+    if not parts["unet"]:
+        raise ValueError(f"{path} holds no U-Net weights")
+    if (finetuned_metadata(path) or {}).get("condiff.delta"):
+        try:
+            parts["unet"] = decode_delta(parts["unet"], model.unet.state_dict())
+        except KeyError as err:
+            raise ValueError(f"{path} is a weight difference for another U-Net: {err.args[0]}") from None
+    model.unet.load_state_dict(parts["unet"], strict=True)
+    if parts["text_encoder"]:
+        if text_module is None:
+            raise ValueError(f"{path} also holds text-encoder weights; load it with condiff.personalize.load_finetuned_weights")
+        text_module(model.text_encoder).load_state_dict(parts["text_encoder"], strict=True)
+
+
+def load_finetuned_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                         base: str | None = None) -> LatentDiffusion:
+    """A fine-tuned-weights file as a model: its base (``base``, else the one its metadata names: a
+    built-in name or a Stable Diffusion path) loaded through the registry, the fine-tune put in."""
+    from ..errors import ModelError
+    from .registry import load_model
+
+    path = Path(path)
+    meta = finetuned_metadata(path)
+    if meta is None:
+        raise ModelError(f"{path} is not a condiff fine-tuned-weights file (metadata condiff.kind={FINETUNE_KIND!r})")
+    spec = base or meta.get("condiff.base") or meta.get("condiff.model")
+    if not spec:
+        raise ModelError(f"{path.name} does not name its base model; load the base, then "
+                         "condiff.personalize.load_finetuned_weights")
+    try:
+        model = load_model(spec, device=device, dtype=dtype)
+    except ValueError as err:
+        raise ModelError(f"{path.name} fine-tunes {spec!r}, which cannot be loaded here ({str(err).splitlines()[0]}); "
+                         "put that model back at its path") from None
+    try:
+        from ..personalize.embeddings import text_transformer
+    except ImportError:  # pragma: no cover
+        text_transformer = None
+    try:
+        apply_finetuned_weights(model, path, text_module=text_transformer)
+    except (ValueError, RuntimeError) as err:
+        raise ModelError(f"{path.name} does not fit its base {spec!r}: {str(err).splitlines()[0]}") from None
+    model.name = f"{model.name}+{path.stem}"
+    model.info = {**model.info, "finetune": str(path)}
+    return model

@@ -67,6 +67,7 @@ __all__ = [
     "train_dreambooth",
     "save_finetuned_weights",
     "load_finetuned_weights",
+    "base_spec",
 ]
 
 
@@ -358,38 +359,53 @@ def train_dreambooth(model: Any, images: ImageSet, config: DreamBoothConfig | No
 
 
 # ------------------------------------------------------------------------------- weights
+
+
+def base_spec(model: Any) -> str:
+    """What :func:`condiff.models.registry.load_model` needs to load ``model``'s base again: the
+    built-in name, or the path of the Stable Diffusion file/folder it was loaded from."""
+    path = (getattr(model, "info", None) or {}).get("path")
+    return str(Path(path).resolve()) if path else str(getattr(model, "name", ""))
+
+
 def save_finetuned_weights(model: Any, path: str | os.PathLike, *, include_text_encoder: bool = False,
-                           dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
-    """The fine-tuned U-Net (``unet.*`` keys, diffusers names) [+ ``text_encoder.*``] as safetensors."""
+                           dtype: torch.dtype | None = None, overwrite: bool = False,
+                           base_unet: Any = None) -> Path:
+    """The fine-tuned U-Net (``unet.*`` keys, diffusers names) [+ ``text_encoder.*``] as safetensors.
+
+    The metadata names the base (``condiff.base``, see :func:`base_spec`), so the file loads as a
+    model wherever one is accepted (:func:`condiff.models.sd_loader.load_finetuned_model`). ``base_unet``: the U-Net the
+    fine-tune started from; the U-Net is then stored as its 4-bit weight difference
+    (:mod:`condiff.personalize.weight_delta`, about a quarter of an fp16 copy).
+    """
     from safetensors.torch import save_file
+
+    from ..models.sd_loader import FINETUNE_KIND
+    from ..models.weight_delta import DELTA_KIND, encode_delta
 
     path = check_writable(path, overwrite)
     if path.suffix != ".safetensors":
         raise ValueError(f"fine-tuned weights are written as .safetensors, got {path.name}")
-    state = {f"unet.{k}": v for k, v in model.unet.state_dict().items()}
+    unet = model.unet.state_dict()
+    if base_unet is not None:
+        unet = encode_delta(unet, base_unet.state_dict())
+    state = {f"unet.{k}": v for k, v in unet.items()}
     if include_text_encoder:
         state.update({f"text_encoder.{k}": v for k, v in text_transformer(model.text_encoder).state_dict().items()})
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous().clone()
              for k, v in state.items()}
-    meta = {"format": "pt", "condiff.kind": "dreambooth", "condiff.model": str(getattr(model, "name", ""))}
+    meta = {"format": "pt", "condiff.kind": FINETUNE_KIND, "condiff.model": str(getattr(model, "name", "")),
+            "condiff.base": base_spec(model)}
+    if base_unet is not None:
+        meta["condiff.delta"] = DELTA_KIND
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
 
 
 def load_finetuned_weights(model: Any, path: str | os.PathLike) -> None:
-    """Load weights written by :func:`save_finetuned_weights` into ``model`` (strict per component)."""
-    from safetensors.torch import load_file
+    """Load weights written by :func:`save_finetuned_weights` into ``model`` (strict per component; a
+    weight difference is added to the model's own U-Net)."""
+    from ..models.sd_loader import apply_finetuned_weights
 
-    state = load_file(str(path))
-    parts = {"unet": {}, "text_encoder": {}}
-    for k, v in state.items():
-        comp, _, rest = k.partition(".")
-        if comp not in parts:
-            raise ValueError(f"{path}: unexpected key {k!r} (keys must start with 'unet.' or 'text_encoder.')")
-        parts[comp][rest] = v
-    if not parts["unet"]:
-        raise ValueError(f"{path} holds no U-Net weights")
-    model.unet.load_state_dict(parts["unet"], strict=True)
-    if parts["text_encoder"]:
-        text_transformer(model.text_encoder).load_state_dict(parts["text_encoder"], strict=True)
+    apply_finetuned_weights(model, path, text_module=text_transformer)

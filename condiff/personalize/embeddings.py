@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "text_tokenizer",
     "token_embedding",
     "load_embedding",
+    "parse_embedding_spec",
     "save_embedding",
     "add_embedding",
     "add_placeholder_tokens",
@@ -60,6 +62,7 @@ class TextualEmbedding:
     token: str
     vectors: Tensor
     source: str = ""
+    stored_token: str | None = None  # the trigger word recorded inside the file, if any
 
     def __post_init__(self):
         v = torch.as_tensor(self.vectors).detach()
@@ -294,27 +297,52 @@ def _pick_vectors(name: str, candidates: dict[str, Tensor], dim: int | None) -> 
     )
 
 
-def _from_state(state: Mapping[str, Any], stem: str, token: str | None, dim: int | None, name: str
-                ) -> TextualEmbedding:
+def _from_state(state: Mapping[str, Any], stem: str, token: str | None, dim: int | None, name: str,
+                stored: str | None = None) -> TextualEmbedding:
+    """The embedding of a loaded file, bound to ``token``, else the A1111 file name or the diffusers key."""
     if "string_to_param" in state:  # A1111 .pt
         params = state["string_to_param"]
         if not isinstance(params, Mapping) or not params:
             raise ValueError(f"{name}: 'string_to_param' is empty or not a dict")
         vec = _pick_vectors(name, {str(k): torch.as_tensor(v) for k, v in params.items()}, dim)
-        return TextualEmbedding(token or stem, vec, "a1111-pt")
+        recorded = state.get("name") if isinstance(state.get("name"), str) else None
+        return TextualEmbedding(token or stem, vec, "a1111-pt", recorded or stored)
     if "emb_params" in state:  # A1111 safetensors
-        return TextualEmbedding(token or stem, torch.as_tensor(state["emb_params"]), "a1111")
+        return TextualEmbedding(token or stem, torch.as_tensor(state["emb_params"]), "a1111", stored)
     if {"clip_l", "clip_g"} & set(state):  # SDXL-style A1111 file
         cands = {k: torch.as_tensor(state[k]) for k in ("clip_l", "clip_g") if k in state}
-        return TextualEmbedding(token or stem, _pick_vectors(name, cands, dim), "a1111")
+        return TextualEmbedding(token or stem, _pick_vectors(name, cands, dim), "a1111", stored)
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     if len(tensors) == 1:  # diffusers learned_embeds: {token: vector(s)}
         key, vec = next(iter(tensors.items()))
-        return TextualEmbedding(token or key, vec, "diffusers")
+        return TextualEmbedding(token or key, vec, "diffusers", key)
     raise ValueError(
         f"{name} is not a textual-inversion embedding: expected A1111 ('string_to_param' or 'emb_params') "
         f"or diffusers ({{token: tensor}}) keys, found {sorted(map(str, state))[:10]}"
     )
+
+
+def parse_embedding_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
+    """``FILE`` or ``FILE:TOKEN`` -> (path, token or None).
+
+    A spec naming an existing file is that file, even if its name holds a colon; otherwise the part
+    after the last colon is the token (one word: no spaces, slashes or colons).
+    """
+    text = str(spec)
+    if Path(text).is_file() or ":" not in text:
+        return Path(text), None
+    file, _, token = text.rpartition(":")
+    if not file or not token or any(c.isspace() or c in "/\\" for c in token):
+        raise ValueError(f"--embedding {text!r}: expected FILE or FILE:TOKEN with TOKEN one word (e.g. emb.safetensors:zq)")
+    return Path(file), token
+
+
+def _binding_note(emb: TextualEmbedding, path: Path) -> str | None:
+    """A one-line note when the token the prompt must use is not the word stored in the file."""
+    if emb.stored_token is None or emb.stored_token == emb.token:
+        return None
+    return (f"embedding {path.name} binds to the token {emb.token!r} (its file name, the A1111 rule), not to the word "
+            f"{emb.stored_token!r} stored in it; write {path.name}:{emb.stored_token} to use {emb.stored_token!r}")
 
 
 def load_embedding(path: str | os.PathLike, token: str | None = None, *, dim: int | None = None) -> TextualEmbedding:
@@ -322,15 +350,20 @@ def load_embedding(path: str | os.PathLike, token: str | None = None, *, dim: in
 
     ``token``: the trigger word (default: the file name for A1111 files, the stored key for
     diffusers files). ``dim``: the text encoder width, to pick the right half of an SDXL file.
+    When the default token differs from the word stored in the file (condiff's ``condiff.token``
+    metadata, an A1111 ``.pt`` file's ``name``), a UserWarning names both and how to choose.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {path} does not exist")
-    stem = path.stem
+    stem, stored = path.stem, None
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         state: Mapping[str, Any] = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            stored = (f.metadata() or {}).get("condiff.token")
     elif path.suffix in (".pt", ".bin", ".ckpt", ".pth"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -343,7 +376,11 @@ def load_embedding(path: str | os.PathLike, token: str | None = None, *, dim: in
             raise ValueError(f"{path} holds a {type(state).__name__}, not a dict of embedding tensors")
     else:
         raise ValueError(f"unknown embedding file type {path.suffix!r}; use .safetensors, .pt or .bin")
-    return _from_state(state, stem, token, dim, str(path))
+    emb = _from_state(state, stem, token, dim, str(path), stored)
+    note = None if token else _binding_note(emb, path)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return emb
 
 
 def save_embedding(embedding: TextualEmbedding, path: str | os.PathLike, format: str = "a1111", *,

@@ -12,14 +12,22 @@ depth      2.5-D inflation estimate (substitute for a monocular depth network, D
 normal     normals of the inflation depth estimate (substitute for a normal network)
 pose       mediapipe BlazePose if installed, else a silhouette-skeleton heuristic (not OpenPose)
 =========  ==========================================================================
+
+:func:`get_preprocessor` returns the extractor wrapped in its domain check
+(:mod:`condiff.preprocess.domain`): a picture far from what the extractor is made for (a
+photograph given to depth or pose, a pose map with no figure) gives a one-line UserWarning.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Callable
 
 import numpy as np
 
+from ._image import as_rgb
+from .domain import DOMAINS, domain_warning
 from .canny import canny
 from .depth import estimate_depth
 from .lineart import lineart
@@ -27,7 +35,7 @@ from .normal import estimate_normal
 from .pose import pose
 from .softedge import softedge
 
-__all__ = ["PREPROCESSORS", "get_preprocessor", "list_preprocessors"]
+__all__ = ["PREPROCESSORS", "DOMAINS", "get_preprocessor", "list_preprocessors"]
 
 Preprocessor = Callable[..., np.ndarray]
 
@@ -47,8 +55,20 @@ def list_preprocessors() -> list[str]:
 
 
 def get_preprocessor(name: str) -> Preprocessor:
-    """The extractor registered under ``name``; unknown names raise a ValueError listing the valid ones."""
+    """The extractor registered under ``name``, warning when a picture is far from its domain (see the
+    module doc); unknown names raise a ValueError listing the valid ones."""
     try:
-        return PREPROCESSORS[name]
+        fn = PREPROCESSORS[name]
     except KeyError:
         raise ValueError(f"unknown preprocessor {name!r}; available: {', '.join(PREPROCESSORS)}") from None
+
+    @functools.wraps(fn)
+    def checked(image, *args, **kwargs) -> np.ndarray:
+        rgb = as_rgb(image)
+        out = fn(rgb, *args, **kwargs)
+        note = domain_warning(name, rgb, out)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
+        return out
+
+    return checked

@@ -6,8 +6,9 @@ renderer used by ControlNet: coloured limb ellipses and joint dots on black.
 
 Estimation on any picture (:func:`estimate_keypoints`):
 
-* with ``mediapipe`` installed (optional, never required; ``mediapipe==0.10.21`` ships BlazePose),
-  its 33 landmarks are mapped onto the 18 OpenPose points;
+* with ``mediapipe`` installed (optional, never required; ``mediapipe==0.10.21`` ships BlazePose,
+  but requires numpy < 2, so it cannot be installed beside condiff's numpy 2), its 33 landmarks
+  are mapped onto the 18 OpenPose points;
 * otherwise a **silhouette-skeleton heuristic** (not OpenPose, not a network): the largest
   foreground blob is thinned to a one-pixel skeleton; the head is the widest point of its upper
   part, feet and hands are skeleton end points (lowest two, then the two farthest from the
@@ -253,7 +254,7 @@ def estimate_keypoints(image, method: str = "auto") -> np.ndarray | None:
             return _mediapipe_keypoints(rgb)
         except (ImportError, AttributeError) as err:  # not installed, or a release without the bundled models
             if method == "mediapipe":
-                raise ValueError(f"pose method 'mediapipe' needs `pip install mediapipe==0.10.21` ({err})") from None
+                raise ValueError(f"pose method 'mediapipe' needs mediapipe 0.10.21, which requires numpy < 2 and so cannot be installed beside condiff ({err})") from None
     return skeleton_heuristic_keypoints(rgb)
 
 
