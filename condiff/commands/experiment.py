@@ -59,7 +59,6 @@ def run(
     controlnet: List[str] = typer.Option([], "--controlnet", help="TYPE=PATH: a ControlNet checkpoint for --model (experiment 1)."),
     train: bool = typer.Option(False, "--train", help="Train personalization methods that have no cached result."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results (default $CONDIFF_CACHE or ~/.cache/condiff)."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Time budget in seconds; later parts are skipped (and reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: torch's; numbers are bit-identical per thread count)."),
     overwrite: bool = C.OVERWRITE_OPT,
     progress: bool = C.PROGRESS_OPT,
@@ -70,7 +69,7 @@ def run(
     order = resolve_names(names)
     _check_out(out, overwrite)
     res = run_experiments(order, model=model, device=C.resolve_device(device), out=out, quick=quick,
-                          configs=_configs(config), seed=seed, budget_s=budget, train=train, cache_dir=cache,
+                          configs=_configs(config), seed=seed, train=train, cache_dir=cache,
                           controlnets=_pairs(controlnet, "--controlnet", "TYPE=PATH"), threads=threads, show_progress=progress,
                           command="condiff experiment run " + " ".join(order))
     _done(res)
@@ -84,7 +83,7 @@ def demo(
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: 1, robust on a shared machine)."),
     progress: bool = C.PROGRESS_OPT,
 ) -> None:
-    """All three experiments, reduced, on the built-in models (≤ 5 min on a 2-core CPU) -> report.html."""
+    """All three experiments, reduced, on the built-in models (every cell; about 4 min on an idle 2-core CPU) -> report.html."""
     from ..experiments.runner import run_demo
 
     res = run_demo(out, device=C.resolve_device(device), train=train, cache_dir=cache, show_progress=progress,

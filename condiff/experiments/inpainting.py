@@ -29,7 +29,8 @@ from torch import Tensor
 from ..compositing import resize_mask
 from ..metrics.image import psnr, seam_error
 from .config import EXPERIMENT_TITLES, InpaintingConfig, to_dict
-from .context import ExperimentContext, ExperimentResult, Figure, Table, fmt_summary, summarize, to_model_size
+from .context import ExperimentContext, ExperimentResult, Figure, Table, cell_timer, fmt_summary, summarize, to_model_size
+from .memorisation import memorisation_notes, nearest_training
 from .report import COLUMN_LABELS, plot_bars
 from .sweep import image_grid
 
@@ -39,7 +40,7 @@ __all__ = ["run_inpainting", "autoencoder_round_trip", "ARCHITECTURE_COUNTERPART
 ARCHITECTURE_COUNTERPARTS = {"ldm-inpaint": "Stable Diffusion 1.5 inpainting (§4.3.4)", "ldm-blend": "— (zero-shot baseline)",
                              "cascade": "DeepFloyd IF (§4.3.3)", "unclip": "DALL-E 2 (§4.3.2)"}
 _SUMMARY_KEYS = ("time_s", "peak_mib", "evalenc_inside", "evalenc_whole", "psnr_outside_raw", "ssim_outside_raw",
-                 "ssim_outside_composite", "seam_added")
+                 "ssim_outside_composite", "seam_added", "train_rmse", "train_rmse_raw")
 
 
 def _architectures(ctx: ExperimentContext, config: InpaintingConfig, res: ExperimentResult) -> list:
@@ -118,6 +119,9 @@ def _with_seams(comp, tasks, pictures: dict) -> list[dict[str, Any]]:
         raw, composite = comp.images[(row["architecture"], row["task"])]
         pictures.setdefault((row["architecture"], row["task"]), []).append((raw, composite))
         row["seam_added"] = float(seam_error(composite, task.mask) - seam_error(task.image, task.mask))
+        near_comp, near_raw = nearest_training(torch.cat([composite, raw]))
+        row.update({"train_rmse": near_comp["rmse"], "train_nearest": near_comp["nearest"],
+                    "train_rmse_raw": near_raw["rmse"], "train_nearest_raw": near_raw["nearest"]})
         row["outside_exact"] = row["psnr_outside_composite"] == float("inf")
         rows.append(row)
     return rows
@@ -135,6 +139,10 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     res.figures.append(Figure("inputs", "Tasks: pictures and masks (Figs. 4.6/4.7)", image_grid(
         [[t.image for t in tasks], [_overlay(t.image, t.mask) for t in tasks]], row_labels=["picture", "mask (red)"],
         col_labels=[f"{t.name}: “{t.prompt}”" for t in tasks]), "Masks are exact (from the vector elements).", "image"))
+    from .sketch import provenance_note
+
+    res.notes.append(provenance_note())
+    res.notes += memorisation_notes({t.name: t.image for t in tasks})
     res.notes.append("The thesis's DALL-E 2 ran through a paid API; condiff experiments never touch the network, so "
                      "the remote architecture is not run (its local counterpart is unclip).")
     if getattr(ctx.model, "vae", None) is not None:
@@ -151,20 +159,12 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
         res.skip("evalenc metrics", "no evaluation encoder: prompt scores inside the mask are not measured")
     rows: list[dict[str, Any]] = []
     pictures: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}
-    not_run = []
+    timings = res.measurements.setdefault("cell_seconds", {})
     for seed in run.seeds:
         for arch in archs:
-            if not ctx.budget.allows():
-                not_run.append(f"{arch.name}/seed {seed}")
-                continue
-            comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
-            rows += _with_seams(comp, tasks, pictures)
-    if not_run:
-        res.skip(f"{len(not_run)} of {len(archs) * len(run.seeds)} architecture × seed runs",
-                 "time budget spent: " + ", ".join(not_run))
-    if not rows:
-        res.wall_s = time.perf_counter() - t_start
-        return res
+            with cell_timer(timings, f"{arch.name}, seed {seed} ({len(tasks)} tasks)"):
+                comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
+                rows += _with_seams(comp, tasks, pictures)
     names = list(dict.fromkeys(r["architecture"] for r in rows))
 
     def grid(which: int, title: str, fig: str, caption: str) -> Figure:
@@ -202,6 +202,10 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     res.tables.append(Table("architectures_per_task", "Per architecture and task (means over seeds)",
                             ["architecture", "task"] + keys, per_task, feature_extractor=fx))
     res.metrics["architectures"] = metrics
+    mem_cols = ["architecture", "task", "seed", "train_rmse", "train_nearest", "train_rmse_raw", "train_nearest_raw"]
+    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
+                            mem_cols, [{k: r[k] for k in mem_cols} for r in rows]))
+    res.metrics["memorisation"] = [{k: r[k] for k in mem_cols} for r in rows]
     for e in per_arch:
         res.headlines.append(
             f"{e['architecture']}: " + ", ".join(f"{COLUMN_LABELS.get(k, k)} {fmt_summary(e[k])}" for k in

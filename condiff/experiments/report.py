@@ -281,6 +281,11 @@ COLUMN_LABELS = {
     "class_drift": "class drift ↓", "class_drift_lpips_like": "class drift, LPIPS-like ↓", "train_s": "training s",
     "train_peak_mib": "training peak MiB", "file_bytes": "file size (bytes)", "ssim_input": "SSIM to input ↑",
     "lpips_like_input": "LPIPS-like to input ↓",
+    "train_rmse": "RMSE to nearest training picture (16×16) ↑", "train_rmse_raw": "raw output: RMSE to nearest training picture ↑",
+    "train_nearest": "nearest training picture", "train_nearest_raw": "raw output: nearest training picture",
+    "lpips_like_fill": "LPIPS-like of the fill to the truth ↓", "psnr_fill": "PSNR of the fill (dB) ↑",
+    "ssim_fill": "SSIM of the fill ↑", "kid": "KID of composites to real pictures ↓",
+    "fd": "Fréchet distance of composites to real pictures ↓",
 }
 _NO_FEATURES = "none (pixel-space metrics only)"
 
