@@ -84,7 +84,15 @@ FIGURES = {
 }
 
 
-def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit(world, tmp_path):
+def test_demo_threads_follow_the_environment_and_the_load(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runner.demo_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert runner.demo_threads(2, 0.1) == 2 and runner.demo_threads(2, 1.2) == 1 and runner.demo_threads(2, 19.0) == 1
+
+
+def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same thread count in both runs, whatever the machine's load
     docs = []
     for name in ("a", "b"):
         res = world("demo", "--out", tmp_path / name, "--no-progress", "--device", "cpu")
@@ -150,7 +158,8 @@ def test_every_cell_is_made_and_the_run_records_its_time_and_load(world, tmp_pat
     assert all(set(v) == {"wall_s", "cpu_s"} for v in cells.values())
     assert len(out.results[1].measurements["cell_seconds"]) == 2 * 2  # architectures × seeds
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "load_average_end" in html and "Input provenance" in html and "emojione" in html
+    assert "load_average_end" in html and "Input provenance" in html and "emojione" in html and "Made in " in html
+    assert "Every generated picture and its nearest training picture" in html
 
 
 def test_cfg_cell_equal_to_an_sdedit_cell_is_sampled_once():

@@ -30,6 +30,21 @@ def test_summarize_gives_a_reproducible_interval_around_the_mean():
     assert fmt_summary(s, 2) == f"4 [{lo:.2g}, {hi:.2g}]" and fmt_summary(None) == "n/a"
 
 
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tables, self.sections = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a["src"])
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "section":
+            self.sections.append(a["id"])
+
+
 def _result() -> ExperimentResult:
     r = ExperimentResult("demo<x>", "Demo <script>alert(1)</script>", {"seed": 3, "t0": [0.2, 0.6]}, seeds=[3, 4])
     r.figures.append(Figure("grid", "A grid", Image.new("RGB", (20, 10), (200, 10, 10)), "caption & more"))

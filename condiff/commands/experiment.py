@@ -45,7 +45,9 @@ def _done(res) -> None:
     for r in res.results:
         for s in r.skipped:
             typer.secho(f"[{r.name}] skipped {s}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"wrote {res.report} and {res.results_json} ({res.info['wall_s']} s)")
+    load = res.info.get("load_average_end") or res.info.get("load_average")
+    typer.echo(f"wrote {res.report} and {res.results_json} ({res.info['wall_s']} s wall, {res.info.get('cpu_s')} s CPU"
+               + (f", load average {load[0]:.2f} at the end)" if load else ")"))
 
 
 def run(
@@ -80,7 +82,7 @@ def demo(
     device: str = C.DEVICE_OPT,
     train: bool = typer.Option(False, "--train", help="Train the personalization methods (tiny runs) if no cached results exist."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: 1, robust on a shared machine)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: $OMP_NUM_THREADS, else the cores not busy now, at least 1)."),
     progress: bool = C.PROGRESS_OPT,
 ) -> None:
     """All three experiments, reduced, on the built-in models (every cell; about 4 min on an idle 2-core CPU) -> report.html."""

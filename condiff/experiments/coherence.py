@@ -39,7 +39,8 @@ from ..metrics.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from ..metrics.coherence import coherence_scores, composite_distance
 from ..metrics.distribution import mmd2_unbiased, polynomial_kernel
 
-__all__ = ["METHODS", "BLENDS", "REFERENCE", "MEASURES", "centre_box", "measure", "summarize_rows", "main"]
+__all__ = ["METHODS", "BLENDS", "REFERENCE", "MEASURES", "centre_box", "measure", "summarize_rows", "markdown_table",
+           "main"]
 
 METHODS = ("model", "blend", "repaint")
 BLENDS = ("alpha", "laplacian", "poisson")
@@ -127,6 +128,39 @@ def summarize_rows(rows: list[dict], features: dict[str, np.ndarray] | None = No
                 entry["kid_minus_reference_ci95"] = _paired_kid(features[k], features[reference], real)
         out[k] = entry
     return out
+
+
+_LABELS = {"lpips_like_fill": "LPIPS-like fill ↓", "psnr_fill": "PSNR fill (dB) ↑", "ssim_fill": "SSIM fill ↑",
+           "seam_added": "seam added ↓", "evalenc_inside": "prompt match ↑"}
+
+
+def _fmt(e: dict | None, signed: bool = False) -> str:
+    if not e:
+        return "n/a"
+    f = "{:+.3g}" if signed else "{:.3g}"
+    return f"{f.format(e['mean'])} [{f.format(e['ci95'][0])}, {f.format(e['ci95'][1])}]"
+
+
+def markdown_table(doc: dict, part: str = "heldout") -> str:
+    """The measurement as a Markdown table: value and paired difference to the reference per method/blend."""
+    cols = [m for m in MEASURES if any(m in e for e in doc[part].values())]
+    kid = part == "heldout" and any("kid" in e for e in doc[part].values())
+    head = ["method/blend", "n"] + [_LABELS[c] for c in cols] + (["KID ↓ (Δ paired)"] if kid else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ref = doc[part].get(doc["reference"], {})
+    for k, e in doc[part].items():
+        cells = [k + (" (reference)" if k == doc["reference"] else ""), str(e["n"])]
+        for c in cols:
+            d = e.get(c, {}).get("minus_reference")
+            cells.append(_fmt(e.get(c)) + (f"; Δ {_fmt(d, True)}" if d else ""))
+        if kid:
+            extra = ""
+            if "kid_minus_reference_ci95" in e:
+                lo, hi = e["kid_minus_reference_ci95"]
+                extra = f"; Δ {e['kid'] - ref['kid']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            cells.append(f"{e['kid']:.4f}{extra}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _heldout(eval_dir: Path, n_real: int, seed: int = 0) -> tuple[np.ndarray, list[str], list[str], np.ndarray]:

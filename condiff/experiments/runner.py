@@ -28,7 +28,7 @@ from .config import EXPERIMENT_NAMES, load_config
 from .context import EvalEncoder, ExperimentContext, ExperimentResult
 from .report import run_info, write_report
 
-__all__ = ["EXPERIMENTS", "DEMO_CPU_THREADS", "choose_threads", "RunOutput",
+__all__ = ["EXPERIMENTS", "DEMO_CPU_THREADS", "demo_threads", "choose_threads", "RunOutput",
            "resolve_names", "default_cache_dir", "load_experiment_model",
            "load_evaluation_encoder", "run_experiments", "run_demo", "run_adhoc_sweep"]
 
@@ -194,17 +194,33 @@ def run_experiments(
     return RunOutput(results, report, results_json, info)
 
 
-#: Threads of ``condiff demo`` on a CPU. One thread gives the same numbers whatever the machine's
-#: load; two spinning OpenMP threads on a 2-core machine shared with other jobs ran 10–18× slower
-#: than one (49–90 s vs. 5 s for the same three SDEdit cells at load ≈ 4).
+#: Threads of ``condiff demo`` on a CPU when the machine is busy. Two spinning OpenMP threads on a
+#: 2-core machine shared with other jobs ran 10–18× slower than one (49–90 s vs. 5 s for the same
+#: three SDEdit cells at load ≈ 4); on an idle machine every core helps (:func:`demo_threads`).
 DEMO_CPU_THREADS = 1
+
+
+def demo_threads(cpu_count: int | None = None, load: float | None = None) -> int:
+    """Torch threads for ``condiff demo`` on a CPU: ``$OMP_NUM_THREADS`` when set, else the cores the
+    machine can give now — its core count minus the 1-minute load average, rounded, at least
+    :data:`DEMO_CPU_THREADS`. The count is recorded in results.json (numbers are bit-identical per count)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    cores = cpu_count or os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return DEMO_CPU_THREADS
+    return max(DEMO_CPU_THREADS, min(cores, int(round(cores - load))))
 
 
 def run_demo(out: str | Path = "demo-out", *, device: str | torch.device = "cpu", train: bool = False,
              show_progress: bool = True, threads: int | None = None, **kwargs) -> RunOutput:
     """``condiff demo``: the three experiments, reduced, on the built-in models (see the module doc)."""
     if threads is None and torch.device(device).type == "cpu":
-        threads = DEMO_CPU_THREADS
+        threads = demo_threads()
     return run_experiments("all", model=kwargs.pop("model", "builtin"), device=device, out=out, quick=True, train=train,
                            show_progress=show_progress, threads=threads,
                            title="condiff demo: the thesis's experiments", **kwargs)

@@ -38,7 +38,7 @@ from ..metrics.clip_score import clip_score
 from ..metrics.image import ssim
 from ..metrics.perceptual import filter_bank_distance
 from .config import EXPERIMENT_TITLES, SketchConfig, to_dict
-from .context import ExperimentContext, ExperimentResult, Figure, as_unit_batch, cell_timer, fmt_summary, summarize, to_model_size
+from .context import ExperimentContext, ExperimentResult, Figure, Table, as_unit_batch, cell_timer, fmt_summary, summarize, to_model_size
 from .memorisation import memorisation_notes, nearest_training
 from .report import plot_bars, plot_curves, plot_tradeoff
 from .sweep import Axis, SweepResult, image_grid, pipeline_renderer, run_sweep
@@ -180,11 +180,32 @@ def _sweep(ctx: ExperimentContext, res: ExperimentResult, what: str, render, axe
     """:func:`run_sweep` of every cell, each cell's wall and CPU time in ``res.measurements["cell_seconds"]``."""
     timings = res.measurements.setdefault("cell_seconds", {})
 
+    def label(params: dict) -> str:
+        return ", ".join(f"{a.name}={params[a.name]}" for a in axes)
+
     def timed(params: dict) -> Tensor:
-        with cell_timer(timings, f"{what}: " + ", ".join(f"{a.name}={params[a.name]}" for a in axes)):
+        with cell_timer(timings, f"{what}: {label(params)}"):
             return render(params)
 
-    return run_sweep(timed, axes, base, metrics, show_progress=ctx.show_progress, desc=what)
+    sw = run_sweep(timed, axes, base, metrics, show_progress=ctx.show_progress, desc=what)
+    memo = res.metrics.setdefault("memorisation", [])
+    for c in sw.cells:
+        for i, near in enumerate(nearest_training(c.images)):
+            memo.append({"sweep": what, "cell": label(c.params), "seed": int(c.params.get("seed", 0)) + i,
+                         "train_nearest": near["nearest"], "train_rmse": near["rmse"]})
+    return sw
+
+
+def _figure_sweep(ctx: ExperimentContext, res: ExperimentResult, names: tuple[str, str, str], render, values,
+                  base: dict, metrics: dict, titles: tuple[str, str, str]) -> SweepResult:
+    """A one-axis sweep with its grid figure, its table and its metrics: ``names`` = (key, description, axis),
+    ``titles`` = (figure title, figure caption, table title)."""
+    key, what, axis = names
+    sw = _sweep(ctx, res, what, render, [Axis(axis, values)], base, metrics)
+    res.figures.append(Figure(f"{key}_grid", titles[0], sw.grids()[0], titles[1], "grid"))
+    res.tables.append(sw.table(key, titles[2], ctx.evalenc_name))
+    res.metrics[key] = _by_value(sw, axis)
+    return sw
 
 
 def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult:
@@ -213,15 +234,13 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
         [[sketch, reference]], row_labels=["exp. 1"], col_labels=["sketch (input)", "coloured original (reference)"]),
         "The sketch is the exact line art of the original; the original is used only for measuring.", "image"))
     realism_key = "evalenc_prompt" if ctx.evalenc is not None else "lpips_like_reference"
-    fx = ctx.evalenc_name
 
     # ---- SDEdit t0 sweep (Fig. 4.2)
-    sw = _sweep(ctx, res, "SDEdit sweep", sdedit_render, [Axis("strength", config.sdedit.strengths)],
-                {**base, "guidance": config.sdedit.guidance}, metrics)
-    res.figures.append(Figure("sdedit_grid", f"SDEdit over t0 at γ = {config.sdedit.guidance:g} (Fig. 4.2)",
-                              sw.grids()[0], "Rows: strength t0; columns: seeds (shared by every row).", "grid"))
-    res.tables.append(sw.table("sdedit", "SDEdit: faithfulness vs. realism over t0", fx))
-    res.metrics["sdedit"] = _by_value(sw, "strength")
+    sw = _figure_sweep(ctx, res, ("sdedit", "SDEdit sweep", "strength"), sdedit_render, config.sdedit.strengths,
+                       {**base, "guidance": config.sdedit.guidance}, metrics,
+                       (f"SDEdit over t0 at γ = {config.sdedit.guidance:g} (Fig. 4.2)",
+                        "Rows: strength t0; columns: seeds (shared by every row).",
+                        "SDEdit: faithfulness vs. realism over t0"))
     first, last = sw.cells[0], sw.cells[-1]
     t_a, t_b = first.params["strength"], last.params["strength"]
     res.headlines.append(
@@ -234,12 +253,10 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
         title="SDEdit: faithfulness vs. realism"), "95 % bootstrap intervals over the seeds.", "plot"))
 
     # ---- CFG γ sweep (Fig. 4.3)
-    sw = _sweep(ctx, res, "CFG sweep", sdedit_render, [Axis("guidance", config.cfg.guidances)],
-                {**base, "strength": config.cfg.strength}, metrics)
-    res.figures.append(Figure("cfg_grid", f"Classifier-free guidance γ at t0 = {config.cfg.strength:g} (Fig. 4.3)",
-                              sw.grids()[0], "Rows: guidance scale γ; columns: seeds.", "grid"))
-    res.tables.append(sw.table("cfg", "Classifier-free guidance: adherence over γ", fx))
-    res.metrics["cfg"] = _by_value(sw, "guidance")
+    sw = _figure_sweep(ctx, res, ("cfg", "CFG sweep", "guidance"), sdedit_render, config.cfg.guidances,
+                       {**base, "strength": config.cfg.strength}, metrics,
+                       (f"Classifier-free guidance γ at t0 = {config.cfg.strength:g} (Fig. 4.3)",
+                        "Rows: guidance scale γ; columns: seeds.", "Classifier-free guidance: adherence over γ"))
     key = "evalenc_prompt" if ctx.evalenc is not None else "ssim_sketch"
     gammas = [c.params["guidance"] for c in sw.cells]
     means = [summarize(c.metrics[key])["mean"] for c in sw.cells]
@@ -254,6 +271,13 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
 
     # ---- ControlNets (Figs. 4.4/4.5)
     _controlnets(ctx, config, res, sketch, prompt, base, metrics)
+    memo = res.metrics.get("memorisation", [])
+    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
+                            ["sweep", "cell", "seed", "train_rmse", "train_nearest"], memo))
+    if memo:
+        low = min(memo, key=lambda r: r["train_rmse"])
+        res.headlines.append(f"Memorisation check: the closest of {len(memo)} generated pictures lies {low['train_rmse']:.3f} "
+                             f"from a training picture ({low['train_nearest']}; {low['sweep']}, {low['cell']}).")
     res.wall_s = time.perf_counter() - t_start
     res.measurements["seconds"] = round(res.wall_s, 2)
     return res

@@ -162,11 +162,7 @@ class SweepResult:
         return self.cells[k] if k < len(self.cells) else None
 
     def _images(self, x: int, y: int = 0, z: int = 0) -> Tensor:
-        c = self.cell(x, y, z)
-        if c is not None:
-            return c.images
-        ref = self.cells[0].images
-        return torch.full_like(ref, 0.85)  # light grey: not rendered
+        return self.cell(x, y, z).images
 
     @property
     def metric_names(self) -> list[str]:
@@ -185,8 +181,7 @@ class SweepResult:
                 rows = [self._images(x) for x in range(nx)]
                 cells = [[im[i:i + 1] for i in range(im.shape[0])] for im in rows]
                 seeds = _cell_seeds(self.cells[0])
-                labels = [lb if self.cell(x) is not None else f"{lb} (skipped)" for x, lb in enumerate(self.axes[0].labels())]
-                out.append(image_grid(cells, row_labels=labels, col_labels=[f"seed {s}" for s in seeds],
+                out.append(image_grid(cells, row_labels=self.axes[0].labels(), col_labels=[f"seed {s}" for s in seeds],
                                       title=ztitle or None))
             else:
                 cells = [[self._images(x, y, z) for x in range(nx)] for y in range(ny)]
