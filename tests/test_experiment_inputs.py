@@ -52,3 +52,21 @@ def test_nearest_training_finds_the_copy_at_distance_zero():
     assert [r["nearest"] for r in rows] == ["s/p3", "s/p1"] and all(r["rmse"] == pytest.approx(0, abs=1e-6) for r in rows)
     shifted = nearest_training((as_tensor[:1] + 0.1).clamp(0, 1), index)[0]
     assert shifted["nearest"] == "s/p3" and 0.05 < shifted["rmse"] <= 0.1 + 1e-6
+
+
+def test_shipped_coherence_measurement_covers_every_method_and_blend_with_paired_intervals():
+    from condiff.experiments.coherence import BLENDS, METHODS, REFERENCE
+    from condiff.experiments.context import ExperimentResult
+    from condiff.experiments.inpainting import COHERENCE_FILE, _coherence_section
+
+    res = ExperimentResult("inpainting", "t", {})
+    _coherence_section(res, COHERENCE_FILE)
+    names = [t.name for t in res.tables]
+    assert names == ["coherence_heldout", "coherence_heldout_paired", "coherence_tasks", "coherence_tasks_paired"]
+    held = res.tables[0]
+    assert [r["method"] for r in held.rows] == [f"{m}/{b}" for m in METHODS for b in BLENDS]
+    assert all(r["n"] >= 4 and r["kid"] for r in held.rows) and "n/a" not in str(held.rows)
+    paired = res.tables[1]
+    assert len(paired.rows) == len(METHODS) * len(BLENDS) - 1 and all(REFERENCE in r["method"] for r in paired.rows)
+    assert all(len(r["lpips_like_fill"]["ci95"]) == 2 for r in paired.rows)
+    assert "python -m condiff.experiments.coherence" in held.notes[0]

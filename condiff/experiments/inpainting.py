@@ -165,6 +165,10 @@ def _coherence_section(res: ExperimentResult, path: Path = COHERENCE_FILE) -> No
     res.tables += _coherence_tables(doc, "heldout", "Inpainting coherence of the built-in model", _COHERENCE_COLS, fx)
     res.tables += _coherence_tables(doc, "tasks", "Inpainting coherence on the thesis tasks",
                                     ("seam_added", "evalenc_inside"), fx)
+    best = min(doc["heldout"].items(), key=lambda kv: kv[1]["lpips_like_fill"]["mean"])
+    res.headlines.append(f"Coherence on {doc['n_heldout']} held-out pictures (cached measurement): the fill closest to "
+                         f"the truth comes from {best[0]} (LPIPS-like {best[1]['lpips_like_fill']['mean']:.3f} vs "
+                         f"{doc['heldout'][doc['reference']]['lpips_like_fill']['mean']:.3f} for {doc['reference']}).")
     res.metrics["coherence_cached"] = {"file": path.name, "heldout": doc["heldout"], "tasks": doc["tasks"],
                                        "n_heldout": doc["n_heldout"], "command": doc["command"]}
 
