@@ -84,7 +84,15 @@ FIGURES = {
 }
 
 
-def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit(world, tmp_path):
+def test_demo_threads_follow_the_environment_and_the_load(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runner.demo_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert runner.demo_threads(2, 0.1) == 2 and runner.demo_threads(2, 1.2) == 1 and runner.demo_threads(2, 19.0) == 1
+
+
+def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same thread count in both runs, whatever the machine's load
     docs = []
     for name in ("a", "b"):
         res = world("demo", "--out", tmp_path / name, "--no-progress", "--device", "cpu")
@@ -107,7 +115,8 @@ def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit
     assert list(sk["cfg"]) == [f"guidance={g:g}" for g in (1, 2.5, 5, 10, 20, 40)]
     for cell in [*sk["sdedit"].values(), *sk["cfg"].values()]:
         assert set(cell) == {"ssim_sketch", "lpips_like_sketch", "lpips_like_reference", "evalenc_prompt",
-                             "evalenc_reference"} and all(len(v["ci95"]) == 2 for v in cell.values())
+                             "evalenc_reference", "train_rmse"} and all(len(v["ci95"]) == 2 for v in cell.values())
+        assert cell["train_rmse"]["mean"] > 0  # no generated picture is a training picture
     assert sk["sdedit"]["strength=0"]["ssim_sketch"]["mean"] == 1.0
     assert sk["sdedit"]["strength=1"]["ssim_sketch"]["mean"] < 0.9
     assert set(sk["controlnet"]) == {"canny", "depth"}
@@ -124,6 +133,10 @@ def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit
     assert set(inp["autoencoder_round_trip"]) == {"remove-face-mask", "remove-sunglasses", "add-scarf"}
     assert any(s.startswith("cascade:") for s in exps["inpainting"]["skipped"])
     assert "time_s" in exps["inpainting"]["measurements"]["architectures"]["ldm-blend"]
+    mem = inp["memorisation"]
+    assert len(mem) == 2 * 3 * 2 and all(r["train_rmse"] > 0 and "/" in r["train_nearest"] for r in mem)
+    assert any(n.startswith("Input provenance") for n in exps["inpainting"]["notes"])
+    assert not any("time budget" in s for e in exps.values() for s in e["skipped"])
     # experiment 3: nothing trained or shipped -> the base model only, and the report says so
     pers = exps["personalization"]
     assert set(pers["metrics"]["variants"]) == {"base"}
@@ -134,12 +147,35 @@ def test_demo_reports_every_experiment_figure_and_metric_and_repeats_bit_for_bit
         assert docs[0]["experiments"][exp]["metrics"] == docs[1]["experiments"][exp]["metrics"]
 
 
-def test_time_budget_skips_later_experiments_and_says_so(world, tmp_path):
-    out = runner.run_experiments(["inpainting", "sketch"], out=tmp_path / "r", quick=True, budget_s=1e-6,
-                                 show_progress=False)
+def test_every_cell_is_made_and_the_run_records_its_time_and_load(world, tmp_path):
+    out = runner.run_experiments(["inpainting", "sketch"], out=tmp_path / "r", quick=True, show_progress=False)
     assert [r.name for r in out.results] == ["sketch", "inpainting"]  # the thesis's order
-    assert all("time budget" in r.skipped[0] for r in out.results)
-    assert "time budget" in (tmp_path / "r" / "report.html").read_text()
+    assert not any("time budget" in s for r in out.results for s in r.skipped)
+    for key in ("wall_s", "cpu_s", "load_average", "load_average_end"):
+        assert key in out.info
+    cells = out.results[0].measurements["cell_seconds"]
+    assert len([k for k in cells if k.startswith("SDEdit")]) == 6 and len([k for k in cells if k.startswith("CFG")]) == 6
+    assert all(set(v) == {"wall_s", "cpu_s"} for v in cells.values())
+    assert len(out.results[1].measurements["cell_seconds"]) == 2 * 2  # architectures × seeds
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "load_average_end" in html and "Input provenance" in html and "emojione" in html and "Made in " in html
+    assert "Every generated picture and its nearest training picture" in html
+
+
+def test_cfg_cell_equal_to_an_sdedit_cell_is_sampled_once():
+    from condiff.experiments.sketch import _memoized
+
+    calls = []
+
+    def render(params):
+        calls.append(dict(params))
+        return torch.full((1, 3, 4, 4), float(len(calls)))
+
+    once = _memoized(render)
+    a = once({"strength": 0.6, "guidance": 5.0})
+    b = once({"guidance": 5.0, "strength": 0.6})
+    c = once({"strength": 0.6, "guidance": 10.0})
+    assert a is b and len(calls) == 2 and float(c[0, 0, 0, 0]) == 2.0
 
 
 def test_experiment_run_refuses_to_replace_a_report_without_overwrite(world, tmp_path):
@@ -180,31 +216,6 @@ def test_sweep_grid_shape_order_labels_and_table():
     assert np.abs(bottom_right - np.array([230, 204, 255])).max() <= 1
     with pytest.raises(ValueError, match="labels"):
         image_grid([[c.images]], row_labels=["a", "b"], col_labels=["c"])
-
-
-class _Allow:
-    """A budget that allows ``k`` more cells."""
-
-    def __init__(self, k):
-        self.k = k
-
-    def allows(self):
-        self.k -= 1
-        return self.k >= 0
-
-
-def test_sweep_stops_when_the_budget_is_spent_and_greys_out_missing_cells():
-    axes = [Axis("guidance", (1, 5, 9)), Axis("steps", (2, 8))]
-    sw = run_sweep(_flat_render, axes, {"prompt": "x"}, budget=_Allow(4))
-    assert len(sw.cells) == 4 and sw.total == 6 and not sw.complete
-    assert sw.cell(0, 1).params["steps"] == 8 and sw.cell(1, 1) is None
-    grid = np.asarray(sw.grids()[0])
-    assert np.abs(grid[-8, -8].astype(int) - 217).max() <= 1  # the last cell: light grey placeholder
-    assert len(sw.table("t", "t").rows) == 4
-    one = run_sweep(_flat_render, [Axis("steps", (2, 8))], {"prompt": "x", "guidance": 1.0}, budget=_Allow(1))
-    assert len(one.cells) == 1 and one.grids()[0].size[1] > 2 * 96  # both rows drawn, the second labelled skipped
-    with pytest.raises(ValueError, match="no cell"):
-        run_sweep(_flat_render, axes, {"prompt": "x"}, budget=_Allow(0)).grids()
 
 
 def test_axis_parsing_and_sweep_errors_are_clear():

@@ -388,3 +388,62 @@ def test_clip_score_and_retrieval():
     assert text_retrieval_accuracy(imgs, texts, target, k=2).tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="indices"):
         text_retrieval_accuracy(imgs, texts, torch.tensor([0, 0, 9]))
+
+
+# ----------------------------------------------------------------------------------------------- coherence
+
+
+def _picture_and_mask():
+    g = torch.Generator().manual_seed(0)
+    img = (0.1 + 0.8 * torch.rand(2, 3, 64, 64, generator=g))
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    return img, mask
+
+
+def test_coherence_of_a_perfect_fill_is_zero_distance_and_no_seam():
+    from condiff.metrics.coherence import coherence_scores
+
+    img, mask = _picture_and_mask()
+    s = coherence_scores(img, img, mask)
+    assert torch.all(s["lpips_like_fill"] == 0) and torch.all(s["seam_added"] == 0)
+    assert torch.all(torch.isinf(s["psnr_fill"])) and torch.allclose(s["ssim_fill"], torch.ones(2))
+
+
+def test_coherence_of_a_shifted_fill_has_known_psnr_and_seam():
+    """A fill brighter by 0.1 everywhere inside: PSNR 20 dB inside; on a flat picture the border becomes a
+    step of height 0.1, which is the seam added (seam_error's definition)."""
+    from condiff.metrics.coherence import coherence_scores
+
+    img, mask = _picture_and_mask()
+    shifted = img + 0.1 * mask
+    s = coherence_scores(shifted, img, mask)
+    assert torch.allclose(s["psnr_fill"], torch.full((2,), 20.0), atol=1e-3)
+    assert torch.all(s["lpips_like_fill"] > 0)
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    seam = coherence_scores(flat + 0.1 * mask, flat, mask)["seam_added"]
+    assert float(seam) == pytest.approx(0.1, abs=1e-5)
+
+
+def test_fill_distance_looks_at_the_masked_region_only():
+    from condiff.metrics.coherence import fill_distance, region_crops
+
+    img, mask = _picture_and_mask()
+    other = img.clone()
+    other[..., :8, :8] = 0  # changed far outside the mask's box
+    assert torch.all(fill_distance(other, img, mask) == 0)
+    assert region_crops(img, mask, size=32).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="empty"):
+        fill_distance(img, img, torch.zeros(1, 1, 64, 64))
+
+
+def test_composite_distance_is_zero_for_the_same_features_and_grows_with_a_shift():
+    from condiff.metrics.coherence import composite_distance
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(200, 8, generator=g)
+    same = composite_distance(real, real)
+    shifted = composite_distance(real + 1.0, real)
+    # KID of a set with itself is ~0 (slightly negative: the two subsets share samples); a unit shift is far above
+    assert same["fd"] == pytest.approx(0, abs=1e-6) and abs(same["kid"]) < shifted["kid"] / 50
+    assert shifted["fd"] == pytest.approx(8.0, rel=1e-6) and same["n"] == same["n_real"] == 200  # FD: ||Δμ||² = 8·1²

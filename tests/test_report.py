@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from condiff.experiments.context import Budget, ExperimentResult, Figure, Table, fmt_summary, summarize
+from condiff.experiments.context import ExperimentResult, Figure, Table, fmt_summary, summarize
 from condiff.experiments.report import jsonable, plot_bars, plot_curves, plot_tradeoff, run_info, write_report
 
 
@@ -28,19 +28,6 @@ def test_summarize_gives_a_reproducible_interval_around_the_mean():
     exact = summarize([math.inf, math.inf])
     assert exact["mean"] == math.inf and fmt_summary(exact) == "∞ (exact)" and jsonable(exact)["mean"] == "inf"
     assert fmt_summary(s, 2) == f"4 [{lo:.2g}, {hi:.2g}]" and fmt_summary(None) == "n/a"
-
-
-def test_budget_allows_until_spent():
-    assert Budget(None).allows(1e9)
-    b = Budget(1e-9)
-    assert not b.allows() and b.left() < 0
-    with pytest.raises(ValueError, match="positive"):
-        Budget(0)
-    whole = Budget(100.0)
-    half = whole.share(0.5)
-    assert half.start == whole.start and 49.0 < half.left() <= 50.0 and Budget(None).share(0.3).seconds is None
-    with pytest.raises(ValueError, match="fraction"):
-        whole.share(1.5)
 
 
 class _Collect(HTMLParser):

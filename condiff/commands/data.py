@@ -115,11 +115,11 @@ def experiments(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder (default: the shipped assets)."),
 ) -> None:
     """Regenerate the experiment input PNGs from the npm sources (maintainers)."""
-    from condiff.data.experiment_inputs import EXPERIMENTS_DIR, make_experiment_inputs
+    from condiff.data.experiment_inputs import EXPERIMENTS_DIR, fetch_input_set, make_experiment_inputs
     from condiff.data.sources import fetch_npm_sets
 
     sets = fetch_npm_sets(sources)
-    make_experiment_inputs(sets, out or EXPERIMENTS_DIR, held_out_sets=sets)
+    make_experiment_inputs(sets, out or EXPERIMENTS_DIR, held_out_sets=sets, input_set=fetch_input_set(sources))
     typer.echo(str(out or EXPERIMENTS_DIR))
 
 

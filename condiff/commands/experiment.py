@@ -45,7 +45,9 @@ def _done(res) -> None:
     for r in res.results:
         for s in r.skipped:
             typer.secho(f"[{r.name}] skipped {s}", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"wrote {res.report} and {res.results_json} ({res.info['wall_s']} s)")
+    load = res.info.get("load_average_end") or res.info.get("load_average")
+    typer.echo(f"wrote {res.report} and {res.results_json} ({res.info['wall_s']} s wall, {res.info.get('cpu_s')} s CPU"
+               + (f", load average {load[0]:.2f} at the end)" if load else ")"))
 
 
 def run(
@@ -59,7 +61,6 @@ def run(
     controlnet: List[str] = typer.Option([], "--controlnet", help="TYPE=PATH: a ControlNet checkpoint for --model (experiment 1)."),
     train: bool = typer.Option(False, "--train", help="Train personalization methods that have no cached result."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results (default $CONDIFF_CACHE or ~/.cache/condiff)."),
-    budget: Optional[float] = typer.Option(None, "--budget", help="Time budget in seconds; later parts are skipped (and reported)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: torch's; numbers are bit-identical per thread count)."),
     overwrite: bool = C.OVERWRITE_OPT,
     progress: bool = C.PROGRESS_OPT,
@@ -70,7 +71,7 @@ def run(
     order = resolve_names(names)
     _check_out(out, overwrite)
     res = run_experiments(order, model=model, device=C.resolve_device(device), out=out, quick=quick,
-                          configs=_configs(config), seed=seed, budget_s=budget, train=train, cache_dir=cache,
+                          configs=_configs(config), seed=seed, train=train, cache_dir=cache,
                           controlnets=_pairs(controlnet, "--controlnet", "TYPE=PATH"), threads=threads, show_progress=progress,
                           command="condiff experiment run " + " ".join(order))
     _done(res)
@@ -81,10 +82,10 @@ def demo(
     device: str = C.DEVICE_OPT,
     train: bool = typer.Option(False, "--train", help="Train the personalization methods (tiny runs) if no cached results exist."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Cache of personalization results."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: 1, robust on a shared machine)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default on CPU: $OMP_NUM_THREADS, else the cores not busy now, at least 1)."),
     progress: bool = C.PROGRESS_OPT,
 ) -> None:
-    """All three experiments, reduced, on the built-in models (≤ 5 min on a 2-core CPU) -> report.html."""
+    """All three experiments, reduced, on the built-in models (every cell; about 4 min on an idle 2-core CPU) -> report.html."""
     from ..experiments.runner import run_demo
 
     res = run_demo(out, device=C.resolve_device(device), train=train, cache_dir=cache, show_progress=progress,

@@ -107,7 +107,7 @@ def inpaint(
     mask: Path = typer.Argument(..., help="Mask image, same size: white = repaint (L, RGB or RGBA)."),
     prompt: str = typer.Argument(..., help="What to paint into the masked region."),
     method: str = typer.Option("model", "--method", help="model (inpainting U-Net), blend (latent blending) or repaint."),
-    blend: str = typer.Option("alpha", "--blend", help="Compositing: alpha, laplacian or poisson (seam-aware)."),
+    blend: str = typer.Option("laplacian", "--blend", help="Compositing: laplacian (default: the most coherent fill measured), alpha or poisson (seam-aware)."),
     color_match: bool = typer.Option(False, "--color-match", help="Match the generated colours to the surroundings."),
     feather: float = typer.Option(0.0, "--feather", help="Inward Gaussian feathering radius of the mask, 0-256 px "
                                   "(--limit radius=R)."),

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["HELD_OUT", "HeldOutConcept", "is_held_out", "thumbnail", "near_duplicate_check", "NEAR_DUPLICATE_COSINE"]
+__all__ = ["HELD_OUT", "HeldOutConcept", "is_held_out", "thumbnail", "near_duplicate_check", "NEAR_DUPLICATE_COSINE",
+           "EVAL_FRACTION", "is_eval_record"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +87,17 @@ def near_duplicate_check(held_out: list[np.ndarray], train_thumbs: np.ndarray, t
     nearest = train_ids[best_i] if (train_ids and best_i >= 0) else None
     return {"exact_matches": exact, "max_cosine": round(best, 4), "nearest": nearest,
             "threshold": NEAR_DUPLICATE_COSINE, "passed": exact == 0 and best < NEAR_DUPLICATE_COSINE}
+
+
+#: Share of the world's records held out for evaluation (never trained on): see :func:`is_eval_record`.
+EVAL_FRACTION = 0.1
+
+
+def is_eval_record(record_id: str, fraction: float = EVAL_FRACTION) -> bool:
+    """True when a world record (``"style/concept"``) belongs to the evaluation split.
+
+    The training recipes hold a record out when the first 32 bits of sha256(id), read as a fraction of
+    2³²−1, fall below ``fraction``; every model of condiff was trained on the other records.
+    """
+    h = int(hashlib.sha256(record_id.encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < fraction

@@ -11,17 +11,17 @@ module                 what it holds
 ``architectures``      experiment 2's per-architecture measurements (time, memory, quality)
 ``personalization``    experiment 3: DreamBooth, LoRA, textual inversion × prompts (§4.4)
 ``report``             the self-contained HTML report, plots and results.json
-``runner``             run experiments by name under a time budget; ``condiff demo``
+``runner``             run experiments by name; ``condiff demo``
 =====================  =====================================================================
 """
 
 from .config import EXPERIMENT_NAMES, load_config
-from .context import Budget, EvalEncoder, ExperimentContext, ExperimentResult, Figure, Table, summarize
+from .context import EvalEncoder, ExperimentContext, ExperimentResult, Figure, Table, summarize
 from .runner import run_demo, run_experiments
 from .sweep import Axis, SweepResult, parse_axis, pipeline_renderer, run_sweep
 
 __all__ = [
-    "EXPERIMENT_NAMES", "load_config", "Budget", "EvalEncoder", "ExperimentContext", "ExperimentResult", "Figure",
+    "EXPERIMENT_NAMES", "load_config", "EvalEncoder", "ExperimentContext", "ExperimentResult", "Figure",
     "Table", "summarize", "run_demo", "run_experiments", "Axis", "SweepResult", "parse_axis", "pipeline_renderer",
     "run_sweep",
 ]

@@ -8,7 +8,7 @@ Here every architecture present in condiff runs on the experiment-2 inputs of th
 * **time per image** (wall clock; CUDA synchronised; optional untimed warm-up run);
 * **peak memory**: resident weights (parameter bytes) + the activation peak of the run — on CUDA
   ``torch.cuda.max_memory_allocated`` above what was allocated before, on CPU the resident-set
-  increase sampled every millisecond from ``/proc/self/statm`` (the method is named in the table);
+  increase sampled every 5 ms from ``/proc/self/statm`` (the method is named in the table);
 * **parameters**: of the diffusion networks, and in total with text encoder / autoencoder;
 * **quality**: the condiff-evalenc similarity to the prompt *inside the mask* (100·cos between the
   embedding of the mask's bounding box, padded and resized to 128², and the MiniLM embedding of the
@@ -238,7 +238,7 @@ def _release_free_heap() -> None:
 class PeakMemory:
     """Peak memory of a block: CUDA allocator peak above the start, or sampled RSS increase on CPU."""
 
-    def __init__(self, device: str | torch.device = "cpu", interval_s: float = 0.001):
+    def __init__(self, device: str | torch.device = "cpu", interval_s: float = 0.005):
         self.device = torch.device(device)
         self.interval = interval_s
         self.peak_bytes: int | None = None

@@ -2,7 +2,7 @@
 
 * :class:`ExperimentContext` — the model under test, the device, the evaluation encoder (or None:
   the metrics that need it are then skipped and the report says so), ControlNets given by the
-  caller, the time :class:`Budget`, whether personalization may train, and where caches live.
+  caller, whether personalization may train, and where caches live.
 * :class:`EvalEncoder` — condiff-evalenc (:mod:`condiff.nn.image_encoder`, "LiT vs. MiniLM") as two
   embedding functions: images in [0, 1] and prompts into one 384-d space. It gives the
   CLIP-style prompt score ``100·max(cos, 0)`` (:func:`condiff.metrics.clip_score`, Hessel et al.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -32,7 +33,7 @@ from ..metrics.bootstrap import bootstrap_ci
 from ..nn.image_encoder import EVALENC_NAME
 
 __all__ = [
-    "EVALENC_NAME", "Budget", "EvalEncoder", "ExperimentContext", "ExperimentResult", "Figure", "Table",
+    "EVALENC_NAME", "cell_timer", "EvalEncoder", "ExperimentContext", "ExperimentResult", "Figure", "Table",
     "summarize", "fmt_summary", "as_unit_batch", "to_model_size",
 ]
 
@@ -133,39 +134,21 @@ class ExperimentResult:
         self.skipped.append(f"{what}: {why}")
 
 
-# --------------------------------------------------------------------------- budget
+# --------------------------------------------------------------------------- timing
 
 
-class Budget:
-    """A wall-clock budget shared by the experiments of one run (None = unlimited).
+@contextmanager
+def cell_timer(timings: dict, key: str):
+    """Record a block's wall-clock and process CPU seconds as ``timings[key] = {"wall_s", "cpu_s"}``.
 
-    Experiments ask :meth:`allows` before each part and sweeps before each cell; what would start
-    after the budget is spent is skipped and reported, so a demo ends in time even on a loaded
-    machine (overrunning by at most one cell). :meth:`share` gives an experiment a deadline at a
-    fraction of the whole budget, so that every experiment gets its turn.
+    On a shared machine the wall time depends on the other jobs; the CPU time (all threads of this
+    process) does much less, and with one torch thread it is what the block takes on an idle core.
     """
-
-    def __init__(self, seconds: float | None = None, *, start: float | None = None):
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"a time budget must be positive seconds (or None for no limit), got {seconds}")
-        self.seconds = seconds
-        self.start = time.perf_counter() if start is None else start
-
-    def spent(self) -> float:
-        return time.perf_counter() - self.start
-
-    def left(self) -> float:
-        return math.inf if self.seconds is None else self.seconds - self.spent()
-
-    def allows(self, reserve: float = 0.0) -> bool:
-        """True while more than ``reserve`` seconds are left."""
-        return self.left() > reserve
-
-    def share(self, fraction: float) -> "Budget":
-        """The same clock with a deadline at ``fraction`` of the budget (unlimited stays unlimited)."""
-        if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"a budget share is a fraction in (0, 1], got {fraction}")
-        return Budget(None if self.seconds is None else self.seconds * fraction, start=self.start)
+    w, c = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        timings[key] = {"wall_s": round(time.perf_counter() - w, 2), "cpu_s": round(time.process_time() - c, 2)}
 
 
 # --------------------------------------------------------------------------- evaluation encoder
@@ -236,7 +219,6 @@ class ExperimentContext:
     device: torch.device = torch.device("cpu")
     evalenc: EvalEncoder | None = None
     controlnets: dict[str, Any] = field(default_factory=dict)
-    budget: Budget = field(default_factory=Budget)
     train: bool = False
     cache_dir: Path | None = None
     show_progress: bool = True

@@ -11,6 +11,11 @@ seed of the config, adds
   autoencoder on every task picture, with PSNR inside/outside the mask — the error a latent model
   makes outside the mask *before* compositing (thesis §4.3.4), which the composite removes;
 
+* the **memorisation check** of every raw and composited output (:mod:`condiff.experiments.memorisation`);
+* for the built-in model, the **coherence** measurement of model / blend / RePaint × blending modes on
+  held-out pictures and on the tasks (:mod:`condiff.experiments.coherence`), measured offline and
+  shown cached with its command and n;
+
 and draws the figures: inputs with masks (Figs. 4.6/4.7), raw outputs (Figs. 4.8/4.12/4.14),
 composites (Figs. 4.13/4.16), the artefact map and per-architecture bars. Means over tasks × seeds
 carry bootstrap 95 % intervals. The thesis's DALL-E 2 ran through a paid API; condiff never touches
@@ -19,8 +24,10 @@ the network in an experiment, so its counterpart here is the local unCLIP model.
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +36,8 @@ from torch import Tensor
 from ..compositing import resize_mask
 from ..metrics.image import psnr, seam_error
 from .config import EXPERIMENT_TITLES, InpaintingConfig, to_dict
-from .context import ExperimentContext, ExperimentResult, Figure, Table, fmt_summary, summarize, to_model_size
+from .context import ExperimentContext, ExperimentResult, Figure, Table, cell_timer, fmt_summary, summarize, to_model_size
+from .memorisation import memorisation_notes, nearest_training
 from .report import COLUMN_LABELS, plot_bars
 from .sweep import image_grid
 
@@ -39,7 +47,7 @@ __all__ = ["run_inpainting", "autoencoder_round_trip", "ARCHITECTURE_COUNTERPART
 ARCHITECTURE_COUNTERPARTS = {"ldm-inpaint": "Stable Diffusion 1.5 inpainting (§4.3.4)", "ldm-blend": "— (zero-shot baseline)",
                              "cascade": "DeepFloyd IF (§4.3.3)", "unclip": "DALL-E 2 (§4.3.2)"}
 _SUMMARY_KEYS = ("time_s", "peak_mib", "evalenc_inside", "evalenc_whole", "psnr_outside_raw", "ssim_outside_raw",
-                 "ssim_outside_composite", "seam_added")
+                 "ssim_outside_composite", "seam_added", "train_rmse", "train_rmse_raw")
 
 
 def _architectures(ctx: ExperimentContext, config: InpaintingConfig, res: ExperimentResult) -> list:
@@ -110,6 +118,61 @@ def _round_trip_section(ctx: ExperimentContext, tasks, res: ExperimentResult) ->
     res.metrics["autoencoder_round_trip"] = {r["task"]: {k: v for k, v in r.items() if k != "task"} for r in rows}
 
 
+#: The offline coherence measurement of the built-in model (:mod:`condiff.experiments.coherence`), shown cached.
+COHERENCE_FILE = Path(__file__).resolve().parents[1] / "data" / "assets" / "experiments" / "inpaint_coherence.json"
+_COHERENCE_COLS = ("lpips_like_fill", "psnr_fill", "ssim_fill", "seam_added", "evalenc_inside")
+
+
+def _diff_cell(entry: dict, key: str) -> dict | None:
+    d = entry.get(key, {}).get("minus_reference") if isinstance(entry.get(key), dict) else None
+    return {"mean": d["mean"], "ci95": d["ci95"]} if d else None
+
+
+def _coherence_tables(doc: dict, part: str, title: str, cols: Sequence[str], fx: str | None) -> list[Table]:
+    ref = doc["reference"]
+    rows, diffs = [], []
+    for method, e in doc[part].items():
+        row = {"method": method, "n": e["n"], **{c: e.get(c) for c in cols}}
+        if "kid" in e:
+            row.update({"kid": f"{e['kid']:.4f} ± {e['kid_std']:.4f}", "fd": e["fd"]})
+        rows.append(row)
+        if method != ref:
+            d = {"method": f"{method} − {ref}", **{c: _diff_cell(e, c) for c in cols}}
+            if "kid_minus_reference_ci95" in e and "kid" in doc[part].get(ref, {}):
+                lo, hi = e["kid_minus_reference_ci95"]
+                d["kid"] = f"{e['kid'] - doc[part][ref]['kid']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+            diffs.append(d)
+    extra = ["kid", "fd"] if any("kid" in r for r in rows) else []
+    how = (f"{doc['n_heldout']} held-out pictures (centre quarter removed, true caption as prompt)" if part == "heldout"
+           else "the three thesis tasks × seeds (no ground truth: seam and prompt match only)")
+    note = (f"Measured offline and shown cached: `{doc['command']}` ({doc['device']}, {doc['torch_threads']} thread(s), "
+            f"{doc['steps']} steps; KID/FD against {doc['n_real']} other real held-out pictures, evaluation-encoder "
+            f"features; FD is biased upwards at this n, compare KID).")
+    t1 = Table(f"coherence_{part}", f"{title}: {how}", ["method", "n", *cols, *extra], rows, feature_extractor=fx,
+               notes=[note])
+    t2 = Table(f"coherence_{part}_paired", f"{title}: paired differences to {ref} (95 % bootstrap CI over pictures)",
+               ["method", *cols, *(["kid"] if extra else [])], diffs, feature_extractor=fx)
+    return [t1, t2]
+
+
+def _coherence_section(res: ExperimentResult, path: Path = COHERENCE_FILE) -> None:
+    """The built-in model's coherence measurement (model / blend / RePaint × blending modes), if shipped."""
+    if not path.is_file():
+        res.notes.append(f"No coherence measurement shipped ({path.name}); run `python -m condiff.experiments.coherence`.")
+        return
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    fx = doc.get("feature_extractor")
+    res.tables += _coherence_tables(doc, "heldout", "Inpainting coherence of the built-in model", _COHERENCE_COLS, fx)
+    res.tables += _coherence_tables(doc, "tasks", "Inpainting coherence on the thesis tasks",
+                                    ("seam_added", "evalenc_inside"), fx)
+    best = min(doc["heldout"].items(), key=lambda kv: kv[1]["lpips_like_fill"]["mean"])
+    res.headlines.append(f"Coherence on {doc['n_heldout']} held-out pictures (cached measurement): the fill closest to "
+                         f"the truth comes from {best[0]} (LPIPS-like {best[1]['lpips_like_fill']['mean']:.3f} vs "
+                         f"{doc['heldout'][doc['reference']]['lpips_like_fill']['mean']:.3f} for {doc['reference']}).")
+    res.metrics["coherence_cached"] = {"file": path.name, "heldout": doc["heldout"], "tasks": doc["tasks"],
+                                       "n_heldout": doc["n_heldout"], "command": doc["command"]}
+
+
 def _with_seams(comp, tasks, pictures: dict) -> list[dict[str, Any]]:
     """The comparison's rows plus the seam the composite adds and whether it is exact outside the mask."""
     rows = []
@@ -118,6 +181,9 @@ def _with_seams(comp, tasks, pictures: dict) -> list[dict[str, Any]]:
         raw, composite = comp.images[(row["architecture"], row["task"])]
         pictures.setdefault((row["architecture"], row["task"]), []).append((raw, composite))
         row["seam_added"] = float(seam_error(composite, task.mask) - seam_error(task.image, task.mask))
+        near_comp, near_raw = nearest_training(torch.cat([composite, raw]))
+        row.update({"train_rmse": near_comp["rmse"], "train_nearest": near_comp["nearest"],
+                    "train_rmse_raw": near_raw["rmse"], "train_nearest_raw": near_raw["nearest"]})
         row["outside_exact"] = row["psnr_outside_composite"] == float("inf")
         rows.append(row)
     return rows
@@ -135,10 +201,16 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     res.figures.append(Figure("inputs", "Tasks: pictures and masks (Figs. 4.6/4.7)", image_grid(
         [[t.image for t in tasks], [_overlay(t.image, t.mask) for t in tasks]], row_labels=["picture", "mask (red)"],
         col_labels=[f"{t.name}: “{t.prompt}”" for t in tasks]), "Masks are exact (from the vector elements).", "image"))
+    from .sketch import provenance_note
+
+    res.notes.append(provenance_note())
+    res.notes += memorisation_notes({t.name: t.image for t in tasks})
     res.notes.append("The thesis's DALL-E 2 ran through a paid API; condiff experiments never touch the network, so "
                      "the remote architecture is not run (its local counterpart is unclip).")
     if getattr(ctx.model, "vae", None) is not None:
         _round_trip_section(ctx, tasks, res)
+    if getattr(ctx.model, "name", "") == "builtin":
+        _coherence_section(res)
     archs = _architectures(ctx, config, res)
     if not archs:
         res.skip("architecture comparison", "no architecture could be loaded")
@@ -151,20 +223,12 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
         res.skip("evalenc metrics", "no evaluation encoder: prompt scores inside the mask are not measured")
     rows: list[dict[str, Any]] = []
     pictures: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}
-    not_run = []
+    timings = res.measurements.setdefault("cell_seconds", {})
     for seed in run.seeds:
         for arch in archs:
-            if not ctx.budget.allows():
-                not_run.append(f"{arch.name}/seed {seed}")
-                continue
-            comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
-            rows += _with_seams(comp, tasks, pictures)
-    if not_run:
-        res.skip(f"{len(not_run)} of {len(archs) * len(run.seeds)} architecture × seed runs",
-                 "time budget spent: " + ", ".join(not_run))
-    if not rows:
-        res.wall_s = time.perf_counter() - t_start
-        return res
+            with cell_timer(timings, f"{arch.name}, seed {seed} ({len(tasks)} tasks)"):
+                comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
+                rows += _with_seams(comp, tasks, pictures)
     names = list(dict.fromkeys(r["architecture"] for r in rows))
 
     def grid(which: int, title: str, fig: str, caption: str) -> Figure:
@@ -202,6 +266,10 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     res.tables.append(Table("architectures_per_task", "Per architecture and task (means over seeds)",
                             ["architecture", "task"] + keys, per_task, feature_extractor=fx))
     res.metrics["architectures"] = metrics
+    mem_cols = ["architecture", "task", "seed", "train_rmse", "train_nearest", "train_rmse_raw", "train_nearest_raw"]
+    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
+                            mem_cols, [{k: r[k] for k in mem_cols} for r in rows]))
+    res.metrics["memorisation"] = [{k: r[k] for k in mem_cols} for r in rows]
     for e in per_arch:
         res.headlines.append(
             f"{e['architecture']}: " + ", ".join(f"{COLUMN_LABELS.get(k, k)} {fmt_summary(e[k])}" for k in

@@ -383,9 +383,6 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
     for method in config.methods:
         found = find_result(ctx, config, method)
         if found is None and ctx.train:
-            if not ctx.budget.allows():
-                res.skip(f"{METHOD_TITLES[method]} training", "time budget spent")
-                continue
             found = train_method(ctx, config, method, inputs)
             res.notes += [f"{METHOD_TITLES[method]} training: {w}" for w in found.record.get("warnings", [])]
         if found is None:
@@ -402,9 +399,6 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
     per_prompt, per_method, grids, base_class, base_values = [], [], [], None, {}
     metrics: dict[str, Any] = {}
     for name, model, found in variants:
-        if not ctx.budget.allows():
-            res.skip(f"{name} evaluation", "time budget spent")
-            continue
         values, rows, images, metrics[name] = _evaluate_variant(ctx, config, name, model, inputs, base_class)
         if base_class is None:
             base_class = images[-1]

@@ -281,6 +281,11 @@ COLUMN_LABELS = {
     "class_drift": "class drift ↓", "class_drift_lpips_like": "class drift, LPIPS-like ↓", "train_s": "training s",
     "train_peak_mib": "training peak MiB", "file_bytes": "file size (bytes)", "ssim_input": "SSIM to input ↑",
     "lpips_like_input": "LPIPS-like to input ↓",
+    "train_rmse": "RMSE to nearest training picture (16×16) ↑", "train_rmse_raw": "raw output: RMSE to nearest training picture ↑",
+    "train_nearest": "nearest training picture", "train_nearest_raw": "raw output: nearest training picture",
+    "lpips_like_fill": "LPIPS-like of the fill to the truth ↓", "psnr_fill": "PSNR of the fill (dB) ↑",
+    "ssim_fill": "SSIM of the fill ↑", "kid": "KID of composites to real pictures ↓",
+    "fd": "Fréchet distance of composites to real pictures ↓",
 }
 _NO_FEATURES = "none (pixel-space metrics only)"
 
@@ -328,7 +333,21 @@ def render_html(results: Sequence[ExperimentResult], info: Mapping[str, Any], *,
             "<p>The thesis's three experiments (chapter 4), re-run and measured by condiff. Learned-feature "
             "scores come from the feature extractor named under each table; intervals are 95 % percentile "
             "bootstrap intervals over images (and tasks/prompts where pooled).</p>"
+            f"{_clock_line(info)}"
             f'<table class="meta"><caption>Run</caption>{meta}</table><p>{nav}</p>{body}</body></html>')
+
+
+def _clock_line(info: Mapping[str, Any]) -> str:
+    """Wall time, CPU time, threads and machine load of the run, in one sentence (every cell is always made)."""
+    if "wall_s" not in info:
+        return ""
+    load = [info.get("load_average"), info.get("load_average_end")]
+    loads = " → ".join(f"{v[0]:.2f}" for v in load if v)
+    return (f"<p><b>Made in {info['wall_s']} s wall-clock ({info.get('cpu_s', 'n/a')} s CPU) with "
+            f"{info.get('torch_threads', 'n/a')} torch thread(s) on {info.get('cpu_count', 'n/a')} cores"
+            + (f", 1-minute load average {loads} (start → end)" if loads else "")
+            + ".</b> Every cell of every experiment is made whatever the clock says; on a busy machine the run "
+            "takes longer, it never drops content.</p>")
 
 
 def write_report(results: Sequence[ExperimentResult], out_dir: str | Path, info: Mapping[str, Any], *,

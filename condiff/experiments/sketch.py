@@ -34,14 +34,16 @@ import torch
 from torch import Tensor
 
 from ..metrics.adherence import depth_errors, edge_f1, keypoint_scores, normal_angular_error
+from ..metrics.clip_score import clip_score
 from ..metrics.image import ssim
 from ..metrics.perceptual import filter_bank_distance
 from .config import EXPERIMENT_TITLES, SketchConfig, to_dict
-from .context import ExperimentContext, ExperimentResult, Figure, as_unit_batch, fmt_summary, summarize, to_model_size
+from .context import ExperimentContext, ExperimentResult, Figure, Table, as_unit_batch, cell_timer, fmt_summary, summarize, to_model_size
+from .memorisation import memorisation_notes, nearest_training
 from .report import plot_bars, plot_curves, plot_tradeoff
 from .sweep import Axis, SweepResult, image_grid, pipeline_renderer, run_sweep
 
-__all__ = ["run_sketch", "sketch_inputs", "adherence_scores", "ADHERENCE_METRIC"]
+__all__ = ["run_sketch", "sketch_inputs", "provenance_note", "adherence_scores", "ADHERENCE_METRIC"]
 
 #: What the adherence column measures for each condition type (all in [0, 1], higher = closer).
 ADHERENCE_METRIC = {"canny": "edge F1", "lineart": "edge F1", "softedge": "edge F1", "depth": "1 − depth AbsRel",
@@ -57,6 +59,17 @@ def sketch_inputs(size: int) -> tuple[Tensor, Tensor, str]:
     sketch = to_model_size(as_unit_batch(doc["sketch_image"]), size)
     reference = to_model_size(as_unit_batch(doc["reference_image"]), size)
     return sketch, reference, doc["prompt"]
+
+
+def provenance_note() -> str:
+    """How the inputs of experiments 1 and 2 were chosen (from the shipped experiments.json)."""
+    from ..data.experiment_inputs import INPUT_PACKAGE, load_experiment_inputs
+
+    doc = load_experiment_inputs()
+    sources = [doc["exp1"]["source"]] + [t["source"] for t in doc["exp2"]]
+    return (f"Input provenance: {', '.join(dict.fromkeys(sources))} from EmojiOne 2 ({INPUT_PACKAGE}, "
+            f"{doc['exp1']['license']}), a vendor in no training set of condiff — no model saw these pictures, this "
+            "vendor's style or a recoloured twin of them; their concepts are known from the other vendors.")
 
 
 def _uint8(img: Tensor) -> np.ndarray:
@@ -122,16 +135,26 @@ def _image_metrics(ctx: ExperimentContext, sketch: Tensor, reference: Tensor, pr
         "lpips_like_sketch": per(lambda x: filter_bank_distance(x, sketch.expand_as(x))),
         "lpips_like_reference": per(lambda x: filter_bank_distance(x, reference.expand_as(x))),
     }
+    m["train_rmse"] = per(lambda x: [r["rmse"] for r in nearest_training(x)])
     if ctx.evalenc is not None:
         ref_emb = ctx.evalenc.embed_images(reference)
-        m["evalenc_prompt"] = per(lambda x: ctx.evalenc.prompt_scores(x, prompt))
-        m["evalenc_reference"] = per(lambda x: 100.0 * (ctx.evalenc.embed_images(x) @ ref_emb.t())[:, 0])
+        text_emb = ctx.evalenc.embed_texts([prompt])
+        cache: list = [None, None]  # (images, embeddings) of the cell being measured: one encoder pass per cell
+
+        def embed(x: Tensor) -> Tensor:
+            if cache[0] is not x:
+                cache[:] = [x, ctx.evalenc.embed_images(x)]
+            return cache[1]
+
+        m["evalenc_prompt"] = per(lambda x: clip_score(embed(x), text_emb.expand(x.shape[0], -1)))
+        m["evalenc_reference"] = per(lambda x: 100.0 * (embed(x) @ ref_emb.t())[:, 0])
     return m
 
 
 _LABELS = {"ssim_sketch": "SSIM to sketch ↑ (faithfulness)", "lpips_like_sketch": "LPIPS-like to sketch ↓",
            "lpips_like_reference": "LPIPS-like to original ↓", "evalenc_prompt": "evalenc prompt score ↑",
-           "evalenc_reference": "evalenc sim. to original ↑", "adherence": "adherence ↑"}
+           "evalenc_reference": "evalenc sim. to original ↑", "adherence": "adherence ↑",
+           "train_rmse": "RMSE to nearest training picture (16×16) ↑"}
 
 
 def _by_value(sweep: SweepResult, axis: str) -> dict[str, dict[str, Any]]:
@@ -139,14 +162,50 @@ def _by_value(sweep: SweepResult, axis: str) -> dict[str, dict[str, Any]]:
             {m: summarize(v) for m, v in c.metrics.items()} for c in sweep.cells}
 
 
-def _budgeted_sweep(ctx: ExperimentContext, res: ExperimentResult, what: str, render, axes, base, metrics
-                    ) -> SweepResult | None:
-    """:func:`run_sweep` under the context's time budget; partial or empty sweeps are reported."""
-    sw = run_sweep(render, axes, base, metrics, show_progress=ctx.show_progress, desc=what, budget=ctx.budget)
-    if not sw.complete:
-        res.skip(what if not sw.cells else f"{what}, {sw.total - len(sw.cells)} of {sw.total} cells",
-                 "time budget spent")
-    return sw if sw.cells else None
+def _memoized(render: Callable[[dict], Tensor]) -> Callable[[dict], Tensor]:
+    """``render`` that returns the same images for the same parameters without sampling again: the CFG
+    sweep's cell at (t0, γ) of the SDEdit sweep is that cell (fixed seeds make sampling deterministic)."""
+    done: dict[tuple, Tensor] = {}
+
+    def render_once(params: dict) -> Tensor:
+        key = tuple(sorted((k, repr(v)) for k, v in params.items()))
+        if key not in done:
+            done[key] = render(params)
+        return done[key]
+
+    return render_once
+
+
+def _sweep(ctx: ExperimentContext, res: ExperimentResult, what: str, render, axes, base, metrics) -> SweepResult:
+    """:func:`run_sweep` of every cell, each cell's wall and CPU time in ``res.measurements["cell_seconds"]``."""
+    timings = res.measurements.setdefault("cell_seconds", {})
+
+    def label(params: dict) -> str:
+        return ", ".join(f"{a.name}={params[a.name]}" for a in axes)
+
+    def timed(params: dict) -> Tensor:
+        with cell_timer(timings, f"{what}: {label(params)}"):
+            return render(params)
+
+    sw = run_sweep(timed, axes, base, metrics, show_progress=ctx.show_progress, desc=what)
+    memo = res.metrics.setdefault("memorisation", [])
+    for c in sw.cells:
+        for i, near in enumerate(nearest_training(c.images)):
+            memo.append({"sweep": what, "cell": label(c.params), "seed": int(c.params.get("seed", 0)) + i,
+                         "train_nearest": near["nearest"], "train_rmse": near["rmse"]})
+    return sw
+
+
+def _figure_sweep(ctx: ExperimentContext, res: ExperimentResult, names: tuple[str, str, str], render, values,
+                  base: dict, metrics: dict, titles: tuple[str, str, str]) -> SweepResult:
+    """A one-axis sweep with its grid figure, its table and its metrics: ``names`` = (key, description, axis),
+    ``titles`` = (figure title, figure caption, table title)."""
+    key, what, axis = names
+    sw = _sweep(ctx, res, what, render, [Axis(axis, values)], base, metrics)
+    res.figures.append(Figure(f"{key}_grid", titles[0], sw.grids()[0], titles[1], "grid"))
+    res.tables.append(sw.table(key, titles[2], ctx.evalenc_name))
+    res.metrics[key] = _by_value(sw, axis)
+    return sw
 
 
 def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult:
@@ -159,6 +218,8 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
     sketch, reference, shipped_prompt = sketch_inputs(size)
     prompt = config.prompt or shipped_prompt
     res.notes.append(f"prompt {prompt!r}; the thesis: 'A painting of a woman in the style of a renaissance artist'")
+    res.notes.append(provenance_note())
+    res.notes += memorisation_notes({"sketch": sketch, "coloured original": reference})
     res.notes.append("No Fréchet distance: a cell holds a few images, far too few for a 384-d covariance; realism is "
                      "measured per image (evalenc prompt score, similarity to the original the sketch was traced from).")
     if ctx.evalenc is None:
@@ -167,54 +228,56 @@ def run_sketch(ctx: ExperimentContext, config: SketchConfig) -> ExperimentResult
     metrics = _image_metrics(ctx, sketch, reference, prompt)
     n = run.images_per_cell
     base = {"prompt": prompt, "negative": config.negative, "steps": run.steps, "sampler": run.sampler, "seed": run.seed}
-    sdedit_render = pipeline_renderer(model, "sdedit", image=sketch, images_per_cell=n, show_progress=ctx.show_progress)
+    sdedit_render = _memoized(pipeline_renderer(model, "sdedit", image=sketch, images_per_cell=n,
+                                                show_progress=ctx.show_progress))
     res.figures.append(Figure("inputs", "Inputs (cf. Fig. 4.1)", image_grid(
         [[sketch, reference]], row_labels=["exp. 1"], col_labels=["sketch (input)", "coloured original (reference)"]),
         "The sketch is the exact line art of the original; the original is used only for measuring.", "image"))
     realism_key = "evalenc_prompt" if ctx.evalenc is not None else "lpips_like_reference"
-    fx = ctx.evalenc_name
 
     # ---- SDEdit t0 sweep (Fig. 4.2)
-    sw = _budgeted_sweep(ctx, res, "SDEdit sweep", sdedit_render, [Axis("strength", config.sdedit.strengths)],
-                         {**base, "guidance": config.sdedit.guidance}, metrics)
-    if sw is not None:
-        res.figures.append(Figure("sdedit_grid", f"SDEdit over t0 at γ = {config.sdedit.guidance:g} (Fig. 4.2)",
-                                  sw.grids()[0], "Rows: strength t0; columns: seeds (shared by every row).", "grid"))
-        res.tables.append(sw.table("sdedit", "SDEdit: faithfulness vs. realism over t0", fx))
-        res.metrics["sdedit"] = _by_value(sw, "strength")
-        first, last = sw.cells[0], sw.cells[-1]
-        t_a, t_b = first.params["strength"], last.params["strength"]
-        res.headlines.append(
-            f"SDEdit: SSIM to the sketch {fmt_summary(summarize(first.metrics['ssim_sketch']))} at t0={t_a:g} → "
-            f"{fmt_summary(summarize(last.metrics['ssim_sketch']))} at t0={t_b:g}; {_LABELS[realism_key]} "
-            f"{fmt_summary(summarize(first.metrics[realism_key]))} → {fmt_summary(summarize(last.metrics[realism_key]))}")
-        res.figures.append(Figure("tradeoff_t0", "Faithfulness–realism trade-off over t0", plot_tradeoff(
-            [(f"t0={c.params['strength']:g}", summarize(c.metrics["ssim_sketch"]), summarize(c.metrics[realism_key]))
-             for c in sw.cells], xlabel=_LABELS["ssim_sketch"], ylabel=_LABELS[realism_key],
-            title="SDEdit: faithfulness vs. realism"), "95 % bootstrap intervals over the seeds.", "plot"))
+    sw = _figure_sweep(ctx, res, ("sdedit", "SDEdit sweep", "strength"), sdedit_render, config.sdedit.strengths,
+                       {**base, "guidance": config.sdedit.guidance}, metrics,
+                       (f"SDEdit over t0 at γ = {config.sdedit.guidance:g} (Fig. 4.2)",
+                        "Rows: strength t0; columns: seeds (shared by every row).",
+                        "SDEdit: faithfulness vs. realism over t0"))
+    first, last = sw.cells[0], sw.cells[-1]
+    t_a, t_b = first.params["strength"], last.params["strength"]
+    res.headlines.append(
+        f"SDEdit: SSIM to the sketch {fmt_summary(summarize(first.metrics['ssim_sketch']))} at t0={t_a:g} → "
+        f"{fmt_summary(summarize(last.metrics['ssim_sketch']))} at t0={t_b:g}; {_LABELS[realism_key]} "
+        f"{fmt_summary(summarize(first.metrics[realism_key]))} → {fmt_summary(summarize(last.metrics[realism_key]))}")
+    res.figures.append(Figure("tradeoff_t0", "Faithfulness–realism trade-off over t0", plot_tradeoff(
+        [(f"t0={c.params['strength']:g}", summarize(c.metrics["ssim_sketch"]), summarize(c.metrics[realism_key]))
+         for c in sw.cells], xlabel=_LABELS["ssim_sketch"], ylabel=_LABELS[realism_key],
+        title="SDEdit: faithfulness vs. realism"), "95 % bootstrap intervals over the seeds.", "plot"))
 
     # ---- CFG γ sweep (Fig. 4.3)
-    sw = _budgeted_sweep(ctx, res, "CFG sweep", sdedit_render, [Axis("guidance", config.cfg.guidances)],
-                         {**base, "strength": config.cfg.strength}, metrics)
-    if sw is not None:
-        res.figures.append(Figure("cfg_grid", f"Classifier-free guidance γ at t0 = {config.cfg.strength:g} (Fig. 4.3)",
-                                  sw.grids()[0], "Rows: guidance scale γ; columns: seeds.", "grid"))
-        res.tables.append(sw.table("cfg", "Classifier-free guidance: adherence over γ", fx))
-        res.metrics["cfg"] = _by_value(sw, "guidance")
-        key = "evalenc_prompt" if ctx.evalenc is not None else "ssim_sketch"
-        gammas = [c.params["guidance"] for c in sw.cells]
-        means = [summarize(c.metrics[key])["mean"] for c in sw.cells]
-        best = max(range(len(means)), key=lambda i: means[i])
-        res.headlines.append(f"CFG at t0={config.cfg.strength:g}: {_LABELS[key]} " + ", ".join(
-            f"γ={g:g}: {m:.3g}" for g, m in zip(gammas, means)) + f" (highest at γ={gammas[best]:g})")
-        keys = [k for k in ("evalenc_prompt", "ssim_sketch", "lpips_like_reference") if k in sw.metric_names]
-        res.figures.append(Figure("adherence_gamma", "Prompt adherence and faithfulness over γ", plot_curves(
-            gammas, {k: [summarize(c.metrics[k]) for c in sw.cells] for k in keys}, xlabel="γ",
-            ylabels=_LABELS, log_x=True, title=f"CFG sweep at t0 = {config.cfg.strength:g}"),
-            "Shaded: 95 % bootstrap intervals over the seeds.", "plot"))
+    sw = _figure_sweep(ctx, res, ("cfg", "CFG sweep", "guidance"), sdedit_render, config.cfg.guidances,
+                       {**base, "strength": config.cfg.strength}, metrics,
+                       (f"Classifier-free guidance γ at t0 = {config.cfg.strength:g} (Fig. 4.3)",
+                        "Rows: guidance scale γ; columns: seeds.", "Classifier-free guidance: adherence over γ"))
+    key = "evalenc_prompt" if ctx.evalenc is not None else "ssim_sketch"
+    gammas = [c.params["guidance"] for c in sw.cells]
+    means = [summarize(c.metrics[key])["mean"] for c in sw.cells]
+    best = max(range(len(means)), key=lambda i: means[i])
+    res.headlines.append(f"CFG at t0={config.cfg.strength:g}: {_LABELS[key]} " + ", ".join(
+        f"γ={g:g}: {m:.3g}" for g, m in zip(gammas, means)) + f" (highest at γ={gammas[best]:g})")
+    keys = [k for k in ("evalenc_prompt", "ssim_sketch", "lpips_like_reference") if k in sw.metric_names]
+    res.figures.append(Figure("adherence_gamma", "Prompt adherence and faithfulness over γ", plot_curves(
+        gammas, {k: [summarize(c.metrics[k]) for c in sw.cells] for k in keys}, xlabel="γ",
+        ylabels=_LABELS, log_x=True, title=f"CFG sweep at t0 = {config.cfg.strength:g}"),
+        "Shaded: 95 % bootstrap intervals over the seeds.", "plot"))
 
     # ---- ControlNets (Figs. 4.4/4.5)
     _controlnets(ctx, config, res, sketch, prompt, base, metrics)
+    memo = res.metrics.get("memorisation", [])
+    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
+                            ["sweep", "cell", "seed", "train_rmse", "train_nearest"], memo))
+    if memo:
+        low = min(memo, key=lambda r: r["train_rmse"])
+        res.headlines.append(f"Memorisation check: the closest of {len(memo)} generated pictures lies {low['train_rmse']:.3f} "
+                             f"from a training picture ({low['train_nearest']}; {low['sweep']}, {low['cell']}).")
     res.wall_s = time.perf_counter() - t_start
     res.measurements["seconds"] = round(res.wall_s, 2)
     return res
@@ -247,11 +310,9 @@ def _controlnets(ctx: ExperimentContext, config: SketchConfig, res: ExperimentRe
 
     render = pipeline_renderer(model, "control", image=sketch, images_per_cell=config.run.images_per_cell,
                                controlnets=nets, show_progress=ctx.show_progress)
-    sw = _budgeted_sweep(ctx, res, "ControlNet sweep", render, [Axis("control_type", list(nets))],
-                         {**base, "guidance": config.controlnet.guidance, "control_scale": config.controlnet.scale},
-                         {"adherence": adherence, **metrics})
-    if sw is None:
-        return
+    sw = _sweep(ctx, res, "ControlNet sweep", render, [Axis("control_type", list(nets))],
+                {**base, "guidance": config.controlnet.guidance, "control_scale": config.controlnet.scale},
+                {"adherence": adherence, **metrics})
     res.figures.append(Figure("controlnet_grid", "One ControlNet per condition type (Fig. 4.5)", sw.grids()[0],
                               "Rows: condition type; columns: seeds. Text-to-image from noise under the condition.", "grid"))
     table = sw.table("controlnet", "ControlNet: condition adherence per type", ctx.evalenc_name)

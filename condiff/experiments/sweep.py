@@ -134,7 +134,7 @@ class SweepCell:
 
 @dataclass
 class SweepResult:
-    """The rendered cells in order (X fastest); when a time budget ran out, only the first ones."""
+    """The rendered cells in order (X fastest)."""
 
     axes: list[Axis]
     base: dict[str, Any]
@@ -156,17 +156,13 @@ class SweepResult:
         return len(self.cells) == self.total
 
     def cell(self, x: int, y: int = 0, z: int = 0) -> SweepCell | None:
-        """The cell at (x, y, z), or None if it was not rendered (time budget)."""
+        """The cell at (x, y, z), or None outside the grid."""
         nx, ny, _ = self.shape
         k = (z * ny + y) * nx + x
         return self.cells[k] if k < len(self.cells) else None
 
     def _images(self, x: int, y: int = 0, z: int = 0) -> Tensor:
-        c = self.cell(x, y, z)
-        if c is not None:
-            return c.images
-        ref = self.cells[0].images
-        return torch.full_like(ref, 0.85)  # light grey: not rendered
+        return self.cell(x, y, z).images
 
     @property
     def metric_names(self) -> list[str]:
@@ -176,7 +172,7 @@ class SweepResult:
         """One labelled grid per Z value. With a single axis its values run down the rows and the
         images of a cell across the columns (labelled by seed)."""
         if not self.cells:
-            raise ValueError("no cell of this sweep was rendered (time budget spent before the first)")
+            raise ValueError("no cell of this sweep was rendered")
         nx, ny, nz = self.shape
         out = []
         for z in range(nz):
@@ -185,8 +181,7 @@ class SweepResult:
                 rows = [self._images(x) for x in range(nx)]
                 cells = [[im[i:i + 1] for i in range(im.shape[0])] for im in rows]
                 seeds = _cell_seeds(self.cells[0])
-                labels = [lb if self.cell(x) is not None else f"{lb} (skipped)" for x, lb in enumerate(self.axes[0].labels())]
-                out.append(image_grid(cells, row_labels=labels, col_labels=[f"seed {s}" for s in seeds],
+                out.append(image_grid(cells, row_labels=self.axes[0].labels(), col_labels=[f"seed {s}" for s in seeds],
                                       title=ztitle or None))
             else:
                 cells = [[self._images(x, y, z) for x in range(nx)] for y in range(ny)]
@@ -238,11 +233,8 @@ def _check_axes(axes: Sequence[Axis]) -> list[Axis]:
 
 def run_sweep(render: Callable[[dict[str, Any]], Tensor], axes: Sequence[Axis], base: Mapping[str, Any] | None = None,
               metrics: Mapping[str, Callable[[Tensor, dict[str, Any]], Tensor]] | None = None, *,
-              show_progress: bool = False, desc: str = "sweep", budget=None) -> SweepResult:
+              show_progress: bool = False, desc: str = "sweep") -> SweepResult:
     """Render every combination of the axes' values (X fastest) and measure it.
-
-    ``budget`` (a :class:`condiff.experiments.context.Budget`): no new cell starts once it is
-    spent; the result then holds the cells rendered so far (``complete`` is False).
     """
     axes = _check_axes(axes)
     base = dict(base or {})
@@ -254,8 +246,6 @@ def run_sweep(render: Callable[[dict[str, Any]], Tensor], axes: Sequence[Axis], 
 
     cells = []
     for idx in tqdm(combos, desc=desc, disable=not show_progress, leave=False):
-        if budget is not None and not budget.allows():
-            break
         pos = tuple(reversed(idx)) + (0,) * (MAX_AXES - len(axes))
         params = dict(base)
         params.update({a.name: a.values[i] for a, i in zip(axes, pos)})
