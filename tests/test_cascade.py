@@ -15,7 +15,7 @@ from condiff.models.cascade import (AUG_LABEL_SCALE, CascadeModel, ResidualDenoi
                                     upsample_low_res)
 from condiff.nn.unet import UNet
 from condiff.pipelines import cascade as pipe
-from condiff.train.recipes.export import export_component
+from training.export import export_component
 
 CTX_DIM = 32
 
@@ -371,7 +371,7 @@ def test_shipped_sr_config_is_read_with_its_residual_keys():
 def test_sr_objective_targets_the_scaled_residual(k):
     from condiff.models.cascade import pixel_denoiser
     from condiff.schedules import DiscreteSchedule
-    from condiff.train.recipes.cascade import SRObjective
+    from training.cascade import SRObjective
 
     sched = DiscreteSchedule.named("cosine", 1000)
     obj = SRObjective(pixel_denoiser(ZeroX0(), sched, "v"), sched, torch.zeros(4, CTX_DIM), residual_scale=k)

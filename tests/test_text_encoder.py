@@ -59,13 +59,13 @@ def test_compact_copy_refuses_unknown_tokens(tmp_path, monkeypatch):
 
 
 def test_bundle_keeps_every_text_of_the_experiments_and_textual_inversion_works(tmp_path, monkeypatch):
-    """The GPU machine's compact MiniLM (condiff.train.recipes.bundle without a pack): every text that
+    """The GPU machine's compact MiniLM (training.bundle without a pack): every text that
     experiment 3 encodes is known, a textual-inversion token added later is usable, and the 10k
     frequent word pieces stay out unless asked for."""
     from condiff.experiments.config import load_config
     from condiff.experiments.personalization import personalization_texts
     from condiff.personalize.embeddings import add_placeholder_tokens
-    from condiff.train.recipes.bundle import experiment_texts, export_minilm
+    from training.bundle import experiment_texts, export_minilm
 
     texts = experiment_texts()
     for t in ("a nrhp horse on a carousel", "a horse", "a nrhp horse, glossy style", "a photo of a <sks>",

@@ -18,7 +18,7 @@ from condiff.models.unclip import (EMBED_DIM, EMBED_SCALE, IMAGE_ENCODER_KEY, De
 from condiff.models.weights import WeightsError
 from condiff.nn.unet import UNet
 from condiff.pipelines import unclip as pipe
-from condiff.train.recipes.export import export_component
+from training.export import export_component
 
 D = 32  # width of the stand-in text embeddings
 
@@ -255,8 +255,8 @@ def test_load_unclip_refuses_prior_and_decoder_of_different_towers(tmp_path):
 
 def test_freeze_unclip_embedder_snapshots_evalenc_and_points_unclip_at_it(tmp_path):
     from condiff.models.weights import sha256_file
-    from condiff.train.recipes.export import write_model_card
-    from condiff.train.recipes.unclip import freeze_unclip_embedder
+    from training.export import write_model_card
+    from training.unclip import freeze_unclip_embedder
 
     enc = _tiny_image_encoder(3)
     export_component(enc, tmp_path / "evalenc", kind="image-encoder", network_config=enc.config.to_dict(),
@@ -296,11 +296,11 @@ def test_training_stages_small_end_to_end(tmp_path):
     from condiff.data.sources import load_small_sets
     from condiff.models.cascade import load_cascade
     from condiff.pipelines import cascade as cascade_pipe
-    from condiff.train.recipes.cascade import stage_cascade_base, stage_cascade_sr
+    from training.cascade import stage_cascade_base, stage_cascade_sr
     from condiff.nn.image_encoder import ImageEncoder, ImageEncoderConfig
-    from condiff.train.recipes.job import JobContext
-    from condiff.train.recipes.unclip import stage_unclip_decoder, stage_unclip_prior
-    from condiff.train.recipes.world import load_world
+    from training.job import JobContext
+    from training.unclip import stage_unclip_decoder, stage_unclip_prior
+    from condiff.evaluation.world import load_world
 
     build_world(tmp_path / "world", load_small_sets(), small=True, workers=1, limit=24)
     ctx = JobContext(load_world(tmp_path / "world"), tmp_path / "out", torch.device("cpu"), small=True)
@@ -316,7 +316,7 @@ def test_training_stages_small_end_to_end(tmp_path):
     assert kinds == {"cascade-base": "unet", "cascade-sr": "unet", "unclip-prior": "unclip-prior",
                      "unclip-decoder": "unclip-decoder"}
     assert "consistency PSNR" in (weights / "cascade-sr" / "MODEL_CARD.md").read_text()
-    from condiff.train.recipes.cascade import SR_RESIDUAL_SCALE
+    from training.cascade import SR_RESIDUAL_SCALE
 
     sr_config = json.loads((weights / "cascade-sr" / "config.json").read_text())  # the stage trains residual SR
     assert sr_config["residual"] is True and sr_config["residual_scale"] == SR_RESIDUAL_SCALE
@@ -337,7 +337,7 @@ def test_training_stages_small_end_to_end(tmp_path):
     assert var.images.shape == (1, 3, 128, 128)
 
     # with an unclip-embedder in the job, the recipes embed with it and write its name
-    from condiff.train.recipes import unclip as recipe
+    from training import unclip as recipe
 
     torch.manual_seed(5)
     other = ImageEncoder(ImageEncoderConfig())

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
     ) -> None:
         """Average the weights of components fine-tuned from one starting point ("model soup"); measure the
-        result before using it (python tools/adherence_breakdown.py with CONDIFF_WEIGHTS)."""
+        result before using it (condiff eval adherence with CONDIFF_WEIGHTS)."""
         from condiff.models.merge import MergeError, merge_components
 
         try:

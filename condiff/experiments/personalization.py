@@ -137,7 +137,7 @@ def personalization_texts(config: PersonalizationConfig) -> list[str]:
     renders them, the prompts without the identifier (prompt fidelity), the class prompt, DreamBooth's
     instance prompt, the LoRA captions, textual inversion's templates around its token and its
     initializer word, and the empty prompt (CFG). A compact MiniLM (the GPU machine's) must hold
-    their word pieces (:mod:`condiff.train.recipes.bundle`)."""
+    their word pieces (``training.bundle`` of a source checkout)."""
     from ..personalize import TextualInversionConfig
 
     t = subject_texts(config)

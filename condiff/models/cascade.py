@@ -281,7 +281,7 @@ class CascadeModel:
         if net is None:
             raise ValueError(
                 f"this cascade has no {stage} stage: its weights (component {CASCADE_COMPONENTS[stage]!r}) are not "
-                "installed; train them with the cascade recipe (condiff.train.recipes.cascade)"
+                "installed; train them with the cascade recipe (training.cascade; condiff train job)"
             )
         return net
 
@@ -387,7 +387,7 @@ def load_cascade(weights_dir: str | Path | None = None, *, device="cpu", dtype=t
     if not found:
         raise ValueError(
             f"no cascade weights in {root} (need {' and/or '.join(CASCADE_COMPONENTS.values())}); "
-            "train them with condiff.train.recipes.cascade"
+            "train them with the cascade stage of `condiff train job`"
         )
     nets, configs = {}, {}
     for stage, folder in found.items():

@@ -387,7 +387,7 @@ def load_unclip(weights_dir: str | Path | None = None, *, device="cpu", dtype=to
     root = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     dec_dir = root / UNCLIP_COMPONENTS["decoder"]
     if not (dec_dir / "config.json").exists():
-        raise ValueError(f"no unCLIP decoder weights in {dec_dir}; train them with condiff.train.recipes.unclip")
+        raise ValueError(f"no unCLIP decoder weights in {dec_dir}; train them with the unclip stage of `condiff train job`")
     decoder, dcfg = _load_component(dec_dir, lambda c: UnCLIPDecoder(DecoderConfig.from_dict(c)), device, dtype)
     prior, pcfg = None, {}
     if (root / UNCLIP_COMPONENTS["prior"] / "config.json").exists():

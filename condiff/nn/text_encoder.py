@@ -132,7 +132,7 @@ class MiniLMTextEncoder(nn.Module):
         if unknown:
             words = self.tokenizer.convert_ids_to_tokens(sorted(unknown))[:10]
             raise ValueError(f"the compact MiniLM copy has no embedding for tokens {words}; re-export it with these "
-                             "captions (python -m condiff.train.recipes.bundle)")
+                             "captions (python -m training.bundle, in a source checkout)")
 
     def allow_token_ids(self, ids: Iterable[int]) -> None:
         """Mark rows as real in a compact copy: tokens added later (textual inversion) that now have rows."""

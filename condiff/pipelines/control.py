@@ -192,8 +192,8 @@ def load_builtin_controlnet(kind: str, device: str | torch.device = "cpu",
                       if ok and k.startswith("controlnet-"))
         raise ValueError(
             f"no ControlNet of type {kind!r} for the built-in model (no {name} under {registry.WEIGHTS_DIR}); "
-            f"installed types: {', '.join(have) or 'none'}; train it with `python -m condiff.train.recipes.job "
-            f"--stages {name}`"
+            f"installed types: {', '.join(have) or 'none'}; train it with `condiff train job "
+            f"--stages {name}` in a source checkout"
         )
     return load_controlnet_folder(folder, device, dtype)[0]
 
