@@ -44,7 +44,7 @@ def _latent_mask(mask: Tensor, shape: tuple[int, int]) -> Tensor:
 @torch.no_grad()
 def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str], *, method: str, negative,
          guidance: float, steps, sampler: str, schedule, noise: NoiseSource, show_progress: bool,
-         jump_length: int, resamples: int) -> Tensor:
+         jump_length: int, resamples: int, callback=None) -> Tensor:
     """Inpaint images [B, 3, H, W] in [0, 1] at model resolution; returns the raw decoded images in [0, 1]."""
     z_known = model.encode(from_unit(image, model.device))
     m_lat = _latent_mask(mask.to(model.device), tuple(z_known.shape[-2:])).expand(z_known.shape[0], 1, -1, -1)
@@ -75,7 +75,8 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
         finally:
             close()
     else:
-        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress)
+        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress,
+                        callback=callback)
     return to_unit(model.decode(z))
 
 
@@ -102,6 +103,7 @@ def inpaint(
     jump_length: int = 5,
     resamples: int = 4,
     show_progress: bool = True,
+    callback=None,
 ) -> PipelineResult:
     """Inpaint ``image`` [B, 3, H, W] in [0, 1] where ``mask`` ([B|1, 1, H, W], 1 = repaint) is set.
 
@@ -118,7 +120,8 @@ def inpaint(
     guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
     noise = noise_for(seed, batch)
     kw = dict(method=method, negative=negative, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule,
-              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples)
+              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples,
+              callback=callback)
     size = model.image_size
     if crop_to_mask:
         if batch != 1:

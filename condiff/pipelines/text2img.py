@@ -85,6 +85,7 @@ def sdedit(
     show_progress: bool = True,
     base=None,
     extra_cond: dict | None = None,
+    callback=None,
 ) -> PipelineResult:
     """SDEdit on images in [0, 1] ([B, 3, H, W]); ``steps`` counts the full schedule (k = ⌊t0·n⌋ run)."""
     if image.ndim != 4 or image.shape[1] != 3:
@@ -104,5 +105,6 @@ def sdedit(
         return PipelineResult(image.float().cpu().clamp(0, 1).clone(), params)  # t0 = 0: the input itself
     z0 = model.encode(from_unit(image, model.device))
     tail, x = sdedit_start(z0, sigmas.to(z0.device), strength, noise)
-    latents = run_sampler(denoiser, x, tail, sampler, cond=cond, noise=noise, show_progress=show_progress)
+    latents = run_sampler(denoiser, x, tail, sampler, cond=cond, noise=noise, show_progress=show_progress,
+                          callback=callback)
     return PipelineResult(to_unit(model.decode(latents)), params, latents.cpu())

@@ -179,13 +179,14 @@ class Progress:
             job.preview = preview
         self.check()
 
-    def stage(self, total: int) -> Callable[[dict], None]:
-        """A sampler ``callback`` (condiff.samplers contract) counting ``total`` steps from 0."""
+    def stage(self, total: int, preview: Callable[[dict], Any] | None = None) -> Callable[[dict], None]:
+        """A sampler ``callback`` (condiff.samplers contract) counting up to ``total`` steps over all the
+        sampler runs it is given to; ``preview(info)`` (optional) makes the preview of a step (lazily)."""
         count = [0]
 
         def cb(info: dict) -> None:
             count[0] += 1
-            self.update(min(count[0], total), total)
+            self.update(min(count[0], total), total, preview(info) if preview is not None else None)
 
         return cb
 

@@ -10,8 +10,10 @@ stage, unCLIP) are loaded on first use by :meth:`ServerState.aux` (on the worker
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -34,6 +36,8 @@ class Limits:
     max_image_pixels: int = 4096 * 4096    #: a decoded input image (decompression-bomb guard)
     max_job_seconds: float = 600.0         #: wall time of one job before it is cancelled
     max_queue: int = 8                     #: jobs waiting or running (more → HTTP 429)
+    max_train_steps: int = 1000            #: steps of a personalization job
+    max_train_images: int = 32             #: subject images of a personalization job
 
     def check(self, name: str, value: float, limit_name: str, field_name: str) -> None:
         """Raise :class:`LimitError` naming ``field_name`` when ``value`` exceeds ``limit_name``."""
@@ -70,6 +74,7 @@ class ServerState:
     queue: JobQueue | None = None
     options: dict[str, Any] = field(default_factory=dict)
     auth: tuple[str, str] | None = None
+    work_dir: Path | None = None
     _aux: dict[str, Any] = field(default_factory=dict)
     _aux_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -81,7 +86,7 @@ class ServerState:
 
     @classmethod
     def create(cls, model: str = "builtin", device: str | None = None, *, limits: Limits | None = None,
-               auth: tuple[str, str] | None = None) -> "ServerState":
+               auth: tuple[str, str] | None = None, work_dir: Path | None = None) -> "ServerState":
         """Load ``model`` once (built-in name or local SD checkpoint) on ``device``."""
         from ..commands._common import resolve_device
         from ..models.registry import load_model
@@ -89,7 +94,7 @@ class ServerState:
         dev = resolve_device(device)
         dtype = torch.float16 if dev.type == "cuda" else torch.float32
         ldm = load_model(model, device=dev, dtype=dtype).eval()
-        return cls(model=ldm, model_name=model, device=dev, limits=limits or Limits(), auth=auth)
+        return cls(model=ldm, model_name=model, device=dev, limits=limits or Limits(), auth=auth, work_dir=work_dir)
 
     def aux(self, key: str, loader: Callable[[], Any]) -> Any:
         """An auxiliary model loaded once by ``loader()`` and kept (e.g. ``"controlnet-canny"``)."""
@@ -97,6 +102,15 @@ class ServerState:
             if key not in self._aux:
                 self._aux[key] = loader()
             return self._aux[key]
+
+    def job_dir(self, job_id: str) -> Path:
+        """A fresh folder for one long job's files (under ``work_dir``, a temporary folder by default)."""
+        with self._aux_lock:
+            if self.work_dir is None:
+                self.work_dir = Path(tempfile.mkdtemp(prefix="condiff-serve-"))
+        folder = self.work_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def close(self) -> None:
         if self.queue is not None:
