@@ -25,18 +25,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
 
 from ..errors import InputError
 from ..images import fit_image
 from . import a1111_models as M
+from .http_errors import CondiffRoute
 from .encode import decode_image, decode_mask, png_base64, png_info
 from .runner import run_job, sampler_callback, state_of
 from .state import ServerState
 
 __all__ = ["router", "infotext", "check_request", "image_response"]
 
-router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"])
+router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111 API"], route_class=CondiffRoute)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -58,15 +58,6 @@ def check_request(req: M._Common, state: ServerState) -> tuple[str, str | None, 
     sampler, schedule = M.resolve_sampler(req.sampler_name or req.sampler_index, req.scheduler)
     seed = req.seed if req.seed >= 0 else secrets.randbelow(2**31 - 1)
     return sampler, schedule, seed
-
-
-def _units(req: M._Common) -> list[tuple[int, M.ControlNetUnit]]:
-    try:
-        return M.controlnet_units(req)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"alwayson_scripts.controlnet.args.{loc}: {first['msg']}") from None
 
 
 # ------------------------------------------------------------------------------------------ responses
@@ -159,7 +150,7 @@ def _control_args(state: ServerState, units, req: M._Common) -> dict[str, Any]:
 async def txt2img(req: M.Txt2ImgRequest, request: Request):
     state = state_of(request)
     sampler, schedule, seed = check_request(req, state)
-    units = _units(req)
+    units = M.controlnet_units(req)
     control = _control_args(state, units, req) if units else None
     model = state.model
 
@@ -207,7 +198,7 @@ def _fit(image: torch.Tensor, req: M.Img2ImgRequest, field: str = "resize_mode")
 async def img2img(req: M.Img2ImgRequest, request: Request):
     state = state_of(request)
     sampler, schedule, seed = check_request(req, state)
-    if _units(req):
+    if M.controlnet_units(req):
         raise InputError("alwayson_scripts.controlnet: ControlNet units work with txt2img only in condiff")
     if len(req.init_images) != 1:
         raise InputError(f"init_images: give exactly one image (got {len(req.init_images)})")

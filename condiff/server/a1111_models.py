@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import InputError
 
@@ -210,7 +210,12 @@ def controlnet_units(req: _Common) -> list[tuple[int, ControlNetUnit]]:
         for i, arg in enumerate(args):
             if not isinstance(arg, dict):
                 raise InputError(f"alwayson_scripts.controlnet.args.{i}: expected a ControlNet unit object")
-            unit = ControlNetUnit.model_validate(arg)
+            try:
+                unit = ControlNetUnit.model_validate(arg)
+            except ValidationError as err:
+                first = err.errors()[0]
+                loc = ".".join(str(x) for x in first["loc"])
+                raise InputError(f"alwayson_scripts.controlnet.args.{i}.{loc}: {first['msg']}") from None
             if unit.enabled:
                 units.append((i, unit))
         return units

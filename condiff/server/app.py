@@ -29,64 +29,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import Cancelled, CondiffError, DeviceError, InputError, LimitError, ModelError, NonFiniteError, OutputError
-from .jobs import QueueFull
+from .http_errors import LOG, error_response, exception_response, validation_response
 from .state import ServerState
 
-__all__ = ["create_app", "error_response", "LOG"]
-
-LOG = logging.getLogger("condiff.server")
-
-
-def error_response(status: int, kind: str, message: str, field: str | None = None,
-                   headers: dict | None = None) -> JSONResponse:
-    """The one error body of the server (A1111's keys + the offending ``field``)."""
-    message = (message or kind).splitlines()[0] if message else kind
-    return JSONResponse({"error": kind, "detail": message, "errors": message, "field": field},
-                        status_code=status, headers=headers)
-
-
-def _field_of(err: BaseException) -> str | None:
-    """The field a message starts with (``"steps: …"``), by the convention of the request checks."""
-    head = str(err).split(":", 1)[0]
-    return head if head and " " not in head and len(head) < 60 else None
-
-
-def exception_response(err: BaseException) -> JSONResponse:
-    """Map an exception raised by a route or a job to its HTTP answer (table in the module doc)."""
-    if isinstance(err, QueueFull):
-        return error_response(429, "QueueFull", str(err), headers={"Retry-After": str(err.retry_after)})
-    if isinstance(err, Cancelled):
-        timed_out = "time limit" in str(err)
-        return error_response(409, "TimedOut" if timed_out else "Interrupted", str(err))
-    if isinstance(err, LimitError):
-        return error_response(413, "LimitError", str(err), _field_of(err))
-    if isinstance(err, (InputError, ModelError, NonFiniteError)):
-        return error_response(422, type(err).__name__, str(err), _field_of(err))
-    if isinstance(err, OutputError):
-        return error_response(409, "OutputError", str(err))
-    if isinstance(err, DeviceError):
-        return error_response(503, "DeviceError", str(err))
-    if isinstance(err, ValueError) and not isinstance(err, CondiffError):
-        return error_response(422, "InputError", str(err), _field_of(err))
-    LOG.error("internal error", exc_info=(type(err), err, err.__traceback__))
-    return error_response(500, "InternalError", "internal error (logged on the server)")
-
-
-def _validation_response(exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    field = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    return error_response(422, "ValidationError", f"{field}: {msg}" if field else msg, field)
+__all__ = ["create_app", "error_response", "exception_response", "LOG"]
 
 
 class _Guard:
@@ -110,22 +61,29 @@ class _Guard:
             resp = error_response(413, "LimitError", f"body: request body of {length} bytes is over the server's "
                                   f"limit of {limit} bytes (flag --max-body-bytes)", "body")
             return await resp(scope, receive, send)
-        seen = [0]
-
-        async def limited_receive():
+        body, more = [], True
+        size = 0
+        while more:  # read the whole (bounded) body first: an over-long one is refused before any route sees it
             message = await receive()
-            if message["type"] == "http.request":
-                seen[0] += len(message.get("body", b""))
-                if seen[0] > limit:
-                    raise _BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                resp = error_response(413, "LimitError", f"body: request body is over the server's limit of {limit} "
+                                      "bytes (flag --max-body-bytes)", "body")
+                return await resp(scope, receive, send)
+            body.append(chunk)
+            more = message.get("more_body", False)
+        replayed = [False]
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            resp = error_response(413, "LimitError", f"body: request body is over the server's limit of {limit} bytes "
-                                  "(flag --max-body-bytes)", "body")
-            await resp(scope, receive, send)
+        async def replay():
+            if not replayed[0]:
+                replayed[0] = True
+                return {"type": "http.request", "body": b"".join(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     def _authorised(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
@@ -137,10 +95,6 @@ class _Guard:
             return False
         want_user, want_password = self.state.auth
         return hmac.compare_digest(user, want_user) & hmac.compare_digest(password, want_password)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(state: ServerState) -> FastAPI:
@@ -158,7 +112,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError):
-        return _validation_response(exc)
+        return validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, exc: StarletteHTTPException):

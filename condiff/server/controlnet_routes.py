@@ -14,12 +14,13 @@ from fastapi import APIRouter, Query, Request
 
 from ..errors import InputError
 from . import a1111_models as M
+from .http_errors import CondiffRoute
 from .encode import decode_image, png_base64
 from .runner import run_job, state_of
 
 __all__ = ["router", "unit_kind", "available_models", "control_types"]
 
-router = APIRouter(prefix="/controlnet", tags=["ControlNet extension API"])
+router = APIRouter(prefix="/controlnet", tags=["ControlNet extension API"], route_class=CondiffRoute)
 
 
 def control_types() -> list[str]:

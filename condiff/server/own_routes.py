@@ -26,14 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..images import fit_image
-from .app import error_response
+from .http_errors import CondiffRoute, error_response, exception_response
 from .encode import decode_bytes, decode_image, png_base64
 from .runner import run_job, sampler_callback, state_of, submit
 from .subjobs import run_cli
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/condiff/v1", tags=["condiff"])
+router = APIRouter(prefix="/condiff/v1", tags=["condiff"], route_class=CondiffRoute)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WORD = re.compile(r"^[^\s/\\]{1,40}$")
 
@@ -203,8 +203,6 @@ async def cancel_job(job_id: str, request: Request):
 
 @router.get("/jobs/{job_id}/result", summary="The result of a finished long job (JSON)")
 async def job_result(job_id: str, request: Request):
-    from .app import exception_response
-
     job = _job(request, job_id)
     if not job.is_final():
         return error_response(409, "NotFinished", f"job_id: job {job.id} is {job.state}; poll /condiff/v1/jobs/{job.id}")
