@@ -10,6 +10,7 @@ stage, unCLIP) are loaded on first use by :meth:`ServerState.aux` (on the worker
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
@@ -108,10 +109,15 @@ class ServerState:
         with self._aux_lock:
             if self.work_dir is None:
                 self.work_dir = Path(tempfile.mkdtemp(prefix="condiff-serve-"))
+                self._aux["_temporary_work_dir"] = self.work_dir
         folder = self.work_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def close(self) -> None:
+        """Stop the queue (cancelling its jobs) and remove the temporary work folder, if one was made."""
         if self.queue is not None:
             self.queue.close()
+        tmp = self._aux.pop("_temporary_work_dir", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
