@@ -16,6 +16,7 @@ API (used by the A1111 routes, condiff's own routes and the browser studio)::
     q.get(job_id) -> Job | None    q.current() -> Job | None   q.jobs() -> list[Job] (newest last)
     q.cancel(job_id) -> bool       q.interrupt() / q.skip() -> bool (the running job, A1111 words)
     q.retry_after() -> int         seconds a client refused with 429 should wait
+    q.stats() -> dict              counts since start: submitted, rejected, done, failed, cancelled
     q.close()                      cancel everything and stop the worker
 
 :class:`Job` fields: ``id`` (hex), ``kind``, ``state`` (``queued`` → ``running`` → ``done`` |
@@ -207,6 +208,7 @@ class JobQueue:
         self._current: Job | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=16)
         self._closed = False
+        self._counts = collections.Counter()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -219,14 +221,24 @@ class JobQueue:
                 raise CondiffError("the job queue is shut down")
             busy = len(self._pending) + (self._current is not None)
             if busy >= self.max_pending:
+                self._counts["rejected"] += 1
                 raise QueueFull(f"the job queue is full ({busy} jobs of at most {self.max_pending}); retry later",
                                 self._retry_after_locked())
             job = Job(kind, fn, timeout_s if timeout_s is not None else self.default_timeout_s, meta)
             self._pending.append(job)
+            self._counts["submitted"] += 1
             self._jobs[job.id] = job
             self._trim_locked()
             self._lock.notify_all()
             return job
+
+    def stats(self) -> dict[str, int]:
+        """Counts since start (``submitted`` = ``done`` + ``failed`` + ``cancelled`` + waiting/running)."""
+        with self._lock:
+            out = {k: self._counts[k] for k in ("submitted", "rejected", "done", "failed", "cancelled")}
+            out["pending"] = len(self._pending)
+            out["running"] = int(self._current is not None)
+            return out
 
     def retry_after(self) -> int:
         with self._lock:
@@ -272,6 +284,7 @@ class JobQueue:
                 self._pending.remove(job)
                 job.error = Cancelled(f"job {job.kind} was {reason} before it started")
                 job._finish("cancelled")
+                self._counts["cancelled"] += 1
             return True
 
     def interrupt(self) -> bool:
@@ -314,6 +327,7 @@ class JobQueue:
             self._run(job)
             with self._lock:
                 self._current = None
+                self._counts[job.state] += 1
                 self._durations.append(job.finished - job.started)
                 self._trim_locked()
 

@@ -8,7 +8,7 @@
   the report files are served by ``GET /condiff/v1/jobs/{id}/files/{name}``;
 * ``GET /condiff/v1/jobs`` (all jobs, newest last), ``GET /condiff/v1/jobs/{id}`` (status, progress,
   ETA, queue position), ``POST /condiff/v1/jobs/{id}/cancel`` (also ``DELETE /condiff/v1/jobs/{id}``),
-  ``GET /condiff/v1/jobs/{id}/result``, ``GET /condiff/v1/limits``.
+  ``GET /condiff/v1/jobs/{id}/result``, ``GET /condiff/v1/queue`` (counters), ``GET /condiff/v1/limits``.
 
 Long jobs run in the same queue as image requests (see :mod:`condiff.server.subjobs`).
 """
@@ -221,6 +221,11 @@ async def job_file(job_id: str, name: str, request: Request):
             or name not in job.result.get("files", []):
         raise InputError(f"name: job {job.id} has no file {name!r}")
     return FileResponse(state.work_dir / job.id / "out" / name)
+
+
+@router.get("/queue", summary="Queue counters since start (submitted, rejected, done, failed, cancelled, pending)")
+async def queue_stats(request: Request):
+    return state_of(request).queue.stats()
 
 
 @router.get("/limits", summary="The server's request limits (flags of condiff serve)")
