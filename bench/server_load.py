@@ -5,7 +5,8 @@ Starts the real server as a child process on a free 127.0.0.1 port, then N concu
 throughput, p50/p95 latency of the answered requests, the 429 count, whether every request got
 exactly one answer and that answer was its own (the seed in ``info`` matches), the server's queue
 counters (``/condiff/v1/queue``: submitted = done + refused accounted), and the server's RSS over
-the run (sampled from /proc every 0.25 s; "flat" = the second half's peak within 5% of the first's).
+the run (sampled from /proc every 0.25 s; at each quarter of the run; "flat" = the second half's peak
+within 5% of the first's).
 
     python bench/server_load.py --clients 4 --requests 6 --out bench/results/server_load.json
 """
@@ -16,9 +17,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -27,12 +26,9 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from condiff.server.local import local_server  # noqa: E402
 
 
 def rss_mb(pid: int) -> float | None:
@@ -43,24 +39,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def start_server(port: int, args) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, "-m", "condiff.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--device",
-           args.device, "--max-queue", str(args.max_queue)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 180
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=1).ok:
-                return proc
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the server did not start in 180 s")
 
 
 def client(cid: int, args, base: str, deadline: float, records: list, lock: threading.Lock) -> None:
@@ -113,9 +91,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.clients * args.requests > 500:
         raise SystemExit("bounded load test: at most 500 requests in all")
-    port = free_port()
-    proc = start_server(port, args)
-    base = f"http://127.0.0.1:{port}"
+    with local_server(["--device", args.device, "--max-queue", str(args.max_queue)], threads=args.threads) as (base, proc):
+        records, wall, before, after, rss = run(args, base, proc)
+    report(args, records, wall, before, after, rss)
+
+
+def run(args, base: str, proc) -> tuple[list, float, dict, dict, list[float]]:
+    """Warm up, then the clients; returns (records, wall seconds, queue counters before/after, RSS samples)."""
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
 
@@ -126,37 +108,33 @@ def main() -> None:
                 samples.append((time.time(), v))
             time.sleep(0.25)
 
-    try:
-        requests.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "warm-up", "steps": args.steps, "width": args.size,
-                                                         "height": args.size, "seed": 0}, timeout=args.timeout)
-        before = requests.get(f"{base}/condiff/v1/queue").json()
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        records: list = []
-        lock = threading.Lock()
-        deadline = time.time() + args.max_seconds
-        threads = [threading.Thread(target=client, args=(c, args, base, deadline, records, lock)) for c in range(args.clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        after = requests.get(f"{base}/condiff/v1/queue").json()
-        stop.set()
-        sampler.join()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    requests.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "warm-up", "steps": args.steps, "width": args.size,
+                                                     "height": args.size, "seed": 0}, timeout=args.timeout)
+    before = requests.get(f"{base}/condiff/v1/queue").json()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    records: list = []
+    lock = threading.Lock()
+    deadline = time.time() + args.max_seconds
+    threads = [threading.Thread(target=client, args=(c, args, base, deadline, records, lock)) for c in range(args.clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    after = requests.get(f"{base}/condiff/v1/queue").json()
+    stop.set()
+    sampler.join()
+    return records, wall, before, after, [v for _, v in samples]
+
+
+def report(args, records: list, wall: float, before: dict, after: dict, rss: list[float]) -> None:
     ok = [r for r in records if r["status"] == 200]
     rejected = [r for r in records if r["status"] == 429]
     other = [r for r in records if r["status"] not in (200, 429)]
     keys = [(r["client"], r["request"]) for r in records]
     delta = {k: after[k] - before[k] for k in ("submitted", "rejected", "done", "failed", "cancelled")}
-    rss = [v for _, v in samples]
     half = len(rss) // 2
     result = {
         "command": "python bench/server_load.py " + " ".join(sys.argv[1:]),
@@ -179,6 +157,8 @@ def main() -> None:
                    "max": round(max(rss), 1) if rss else None,
                    "first_half_max": round(max(rss[:half]), 1) if half else None,
                    "second_half_max": round(max(rss[half:]), 1) if half else None,
+                   "at_quarters": [round(rss[min(len(rss) - 1, k * len(rss) // 4)], 1) for k in (1, 2, 3)] + [round(rss[-1], 1)]
+                   if rss else None,
                    "samples": len(rss)},
     }
     if half:

@@ -2,56 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
-import requests
 import torch
 from PIL import Image
 
+from condiff.server.local import local_server
+
 webuiapi = pytest.importorskip("webuiapi")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "condiff.cli", "serve", "--port", str(port), "--device", "cpu",
-                             "--max-pixels", "16384", "--max-steps", "20"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        end = time.time() + 120
-        while time.time() < end:
-            if proc.poll() is not None:
-                raise AssertionError(proc.stderr.read().decode()[-2000:])
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/sdapi/v1/sd-models", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("server did not start in 120 s")
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with local_server(["--device", "cpu", "--max-pixels", "16384", "--max-steps", "20"]) as (base, _):
+        yield int(base.rsplit(":", 1)[1])
 
 
 def pixels(img: Image.Image) -> np.ndarray:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InputError
 from ..images import fit_image
@@ -80,7 +81,7 @@ def image_response(req: M._Common, state: ServerState, images: list, params: lis
     """``{"images", "parameters", "info"}`` as A1111 answers (info is a JSON string)."""
     seeds = [seed + i for i in range(len(images))]
     base = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "sampler_name": req.sampler_name
-            or req.sampler_index or "Euler a", "cfg_scale": req.cfg_scale, "steps": req.steps, "width": req.width,
+            or req.sampler_index or "Euler", "cfg_scale": req.cfg_scale, "steps": req.steps, "width": req.width,
             "height": req.height, "sd_model_name": state.model_name,
             "denoising_strength": getattr(req, "denoising_strength", None) if isinstance(req, M.Img2ImgRequest) else None}
     infotexts = [infotext({**base, "seed": s}) for s in seeds]
@@ -371,7 +372,7 @@ async def progress(request: Request, skip_current_image: bool = Query(False)):
                          time.localtime(job.started or job.created)), sampling_step=job.step, sampling_steps=job.total)
     body["current_task"] = job.id
     if not skip_current_image and state.options.get("live_previews_enable", True):
-        preview = job.preview_image()
+        preview = await run_in_threadpool(job.preview_image)  # decoding x̂0 must not block the event loop
         if preview is not None:
             body["current_image"] = png_base64(preview.float().cpu(), None)
     return body

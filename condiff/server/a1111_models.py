@@ -40,7 +40,7 @@ def resolve_sampler(name: Optional[str], scheduler: Optional[str], field: str = 
     """(condiff sampler, σ schedule or None for the sampler's default) of an A1111 sampler/scheduler pair."""
     from ..samplers.registry import list_samplers
 
-    raw = (name or "Euler a").strip()
+    raw = (name or "Euler").strip()
     schedule = None
     for suffix, sched in ((" Karras", "karras"), (" Exponential", "exponential")):
         if raw.endswith(suffix):

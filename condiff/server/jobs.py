@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ from ..errors import Cancelled, CondiffError, LimitError
 
 __all__ = ["Job", "JobQueue", "Progress", "QueueFull", "JOB_STATES"]
 
+LOG = logging.getLogger("condiff.server")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 _FINAL = ("done", "failed", "cancelled")
 
@@ -334,15 +336,17 @@ class JobQueue:
     @staticmethod
     def _run(job: Job) -> None:
         progress = Progress(job)
+        state = "done"
         try:
             progress.check()
             job.result = job.fn(progress)
         except Cancelled as err:
-            job.error = err
+            job.error, state = err, "cancelled"
             job._cancel("cancelled")
-            job._finish("cancelled")
         except BaseException as err:  # noqa: BLE001 -- recorded; the server maps it to an HTTP answer
-            job.error = err
-            job._finish("failed")
-        else:
-            job._finish("done")
+            if not isinstance(err, (CondiffError, ValueError)):  # unexpected: keep the traceback in the log
+                LOG.error("job %s (%s) failed", job.id, job.kind, exc_info=err)
+            job.error, state = err, "failed"
+        if job.error is not None:  # its frames would keep the job's tensors alive in the history
+            job.error.__traceback__ = None
+        job._finish(state)
