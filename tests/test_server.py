@@ -146,8 +146,9 @@ def test_img2img_sdedit_and_strength_zero(client, picture):
     out = decode(r.json()["images"][0])
     assert out.shape == (64, 64, 3)
     assert r.json()["parameters"]["init_images"] is None
-    same = client.post("/sdapi/v1/img2img", json={**req, "denoising_strength": 0.0})
+    same = client.post("/sdapi/v1/img2img", json={**req, "denoising_strength": 0.0, "include_init_images": True})
     np.testing.assert_array_equal(decode(same.json()["images"][0]), decode(picture))
+    assert same.json()["parameters"]["init_images"] == [picture] and len(same.json()["images"]) == 1
 
 
 def test_img2img_inpaint_keeps_outside(client, picture, mask):

@@ -77,8 +77,9 @@ def infotext(p: dict[str, Any]) -> str:
 
 
 def image_response(req: M._Common, state: ServerState, images: list, params: list[dict], seed: int,
-                   extra: dict | None = None, init_images: list | None = None) -> dict[str, Any]:
-    """``{"images", "parameters", "info"}`` as A1111 answers (info is a JSON string)."""
+                   extra: dict | None = None) -> dict[str, Any]:
+    """``{"images", "parameters", "info"}`` as A1111 answers (info is a JSON string; ``parameters`` echoes the
+    request, with ``init_images``/``mask`` emptied unless ``include_init_images``)."""
     seeds = [seed + i for i in range(len(images))]
     base = {"prompt": req.prompt, "negative_prompt": req.negative_prompt, "sampler_name": req.sampler_name
             or req.sampler_index or "Euler", "cfg_scale": req.cfg_scale, "steps": req.steps, "width": req.width,
@@ -92,12 +93,11 @@ def image_response(req: M._Common, state: ServerState, images: list, params: lis
             "infotexts": infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
             "is_using_inpainting_conditioning": bool(getattr(req, "mask", None)), "version": "condiff"}
     encoded = [png_base64(img, {**p, "infotext": t}) for img, p, t in zip(images, params, infotexts)] if req.send_images else []
-    if init_images:
-        encoded += [png_base64(img, None) for img in init_images]
     parameters = req.model_dump()
-    for key in ("init_images", "mask"):
-        if key in parameters:
-            parameters[key] = None
+    if not parameters.get("include_init_images"):
+        for key in ("init_images", "mask"):
+            if key in parameters:
+                parameters[key] = None
     parameters["alwayson_scripts"] = {k: "(omitted)" for k in parameters.get("alwayson_scripts", {})}
     parameters["seed"] = seed
     return {"images": encoded, "parameters": parameters, "info": json.dumps(info)}
@@ -243,7 +243,7 @@ async def img2img(req: M.Img2ImgRequest, request: Request):
     images, params = await run_job(request, "img2img", work)
     extra = {"condiff_sampler": sampler, "schedule": schedule or "default",
              "pipeline": "inpaint" if mask is not None else "sdedit"}
-    return image_response(req, state, images, params, seed, extra, [image] if req.include_init_images else None)
+    return image_response(req, state, images, params, seed, extra)
 
 
 # ------------------------------------------------------------------------------------------ extras
