@@ -73,8 +73,10 @@ def test_personalize_lora_job_and_cancel_experiment(client):
     st = wait(client, job)
     assert st["state"] == "done" and st["step"] == st["total"] == 3
     res = client.get(f"/condiff/v1/jobs/{job}/result").json()
-    raw = base64.b64decode(res["data"])
     assert res["file"] == "lora.safetensors" and res["report"]["steps"] == 3 and "out" not in res["report"]
+    raw = client.get(f"/condiff/v1/jobs/{job}/files/lora.safetensors").content
+    assert len(raw) == res["bytes"]
+    assert client.get(f"/condiff/v1/jobs/{job}/files/..%2Fimages").status_code in (404, 422)
     from safetensors.torch import load
 
     assert any("lora" in k for k in load(raw))
@@ -89,3 +91,18 @@ def test_personalize_lora_job_and_cancel_experiment(client):
     r = client.get(f"/condiff/v1/jobs/{exp}/result")
     assert r.status_code == 409 and r.json()["error"] == "Interrupted"
     assert client.get(f"/condiff/v1/jobs/{exp}/files/report.html").status_code == 422
+
+
+def test_history_is_bounded_and_forgotten_jobs_are_cleaned():
+    from condiff.server.jobs import JobQueue
+
+    forgotten = []
+    q = JobQueue(8, keep_finished=2, on_forget=forgotten.append)
+    jobs = [q.submit("t", lambda p, i=i: i) for i in range(5)]
+    for j in jobs:
+        j.wait(5)
+    q.submit("t", lambda p: None).wait(5)  # trimming happens as jobs finish and are submitted
+    assert [j.result for j in jobs] == list(range(5))
+    assert len(q.jobs()) == 2 and {j.id for j in forgotten} >= {jobs[0].id, jobs[1].id}
+    assert q.get(jobs[0].id) is None and q.stats()["done"] == 6
+    q.close()

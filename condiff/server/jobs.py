@@ -29,7 +29,8 @@ callable returning one, read with :meth:`Job.preview_image`), ``result``, ``erro
 
 Cancellation is cooperative: a running job stops at its next ``progress.update``; a queued job is
 removed before it starts. Finished jobs are kept for status queries up to ``keep_finished`` (oldest
-dropped first), so memory stays bounded however long the server runs.
+dropped first, ``on_forget(job)`` called for each, e.g. to delete its files), so memory and disk stay
+bounded however long the server runs.
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ class JobQueue:
     """FIFO queue of :class:`Job` with one worker thread (one per device: one per server)."""
 
     def __init__(self, max_pending: int = 8, *, default_timeout_s: float | None = None, keep_finished: int = 64,
-                 name: str = "condiff-worker"):
+                 name: str = "condiff-worker", on_forget: Callable[[Job], None] | None = None):
         if max_pending < 1:
             raise LimitError(f"max_pending must be at least 1, got {max_pending}")
         self.max_pending = int(max_pending)
@@ -207,6 +208,7 @@ class JobQueue:
         self._pending: collections.deque[Job] = collections.deque()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._keep = int(keep_finished)
+        self._on_forget = on_forget
         self._current: Job | None = None
         self._durations: collections.deque[float] = collections.deque(maxlen=16)
         self._closed = False
@@ -314,6 +316,11 @@ class JobQueue:
         finished = [j for j in self._jobs.values() if j.is_final()]
         for job in finished[: max(0, len(finished) - self._keep)]:
             del self._jobs[job.id]
+            if self._on_forget is not None:
+                try:
+                    self._on_forget(job)
+                except Exception:  # noqa: BLE001 -- clean-up must never stop the worker
+                    LOG.warning("clean-up of job %s failed", job.id, exc_info=True)
 
     def _work(self) -> None:
         while True:

@@ -2,8 +2,8 @@
 
 * ``POST /condiff/v1/variations``: unCLIP image variations (:func:`condiff.pipelines.unclip.variations`);
 * ``POST /condiff/v1/personalize``: a LoRA / textual-inversion / DreamBooth training job on uploaded
-  images, answered at once with ``202 {"job": ID}``; the trained file comes back from
-  ``GET /condiff/v1/jobs/{id}/result`` (base64);
+  images, answered at once with ``202 {"job": ID}``; ``GET /condiff/v1/jobs/{id}/result`` names the
+  trained file, ``GET /condiff/v1/jobs/{id}/files/{name}`` downloads it;
 * ``POST /condiff/v1/experiments``: the thesis's experiments (``condiff experiment run``), ``202``;
   the report files are served by ``GET /condiff/v1/jobs/{id}/files/{name}``;
 * ``GET /condiff/v1/jobs`` (all jobs, newest last), ``GET /condiff/v1/jobs/{id}`` (status, progress,
@@ -15,7 +15,6 @@ Long jobs run in the same queue as image requests (see :mod:`condiff.server.subj
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from typing import Literal, Optional
@@ -126,7 +125,8 @@ async def personalize(req: PersonalizeRequest, request: Request):
         images.mkdir(exist_ok=True)
         for i, raw in enumerate(pictures):
             (images / f"{i:03d}.png").write_bytes(raw)
-        out = folder / f"{req.method}{suffix}"
+        (folder / "out").mkdir(exist_ok=True)
+        out = folder / "out" / f"{req.method}{suffix}"
         args = ["personalize", req.method, "--images", str(images), "--class-noun", req.class_noun, "--token", token,
                 "--steps", str(req.steps), "--seed", str(req.seed), "--out", str(out), "--model", state.model_name,
                 "--device", str(state.device)]
@@ -135,7 +135,7 @@ async def personalize(req: PersonalizeRequest, request: Request):
         stdout = run_cli(args, progress, folder)
         report = _last_json(stdout)
         report.pop("out", None)
-        return {"file": out.name, "data": base64.b64encode(out.read_bytes()).decode("ascii"), "report": report}
+        return {"file": out.name, "bytes": out.stat().st_size, "files": [out.name], "report": report}
 
     return _accepted(submit(state, f"personalize-{req.method}", work))
 
@@ -213,7 +213,7 @@ async def job_result(job_id: str, request: Request):
     return job.result
 
 
-@router.get("/jobs/{job_id}/files/{name}", summary="A file written by a finished experiments job")
+@router.get("/jobs/{job_id}/files/{name}", summary="A file written by a finished long job (trained weights, report)")
 async def job_file(job_id: str, name: str, request: Request):
     job = _job(request, job_id)
     state = state_of(request)

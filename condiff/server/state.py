@@ -81,7 +81,8 @@ class ServerState:
 
     def __post_init__(self):
         if self.queue is None:
-            self.queue = JobQueue(self.limits.max_queue, default_timeout_s=self.limits.max_job_seconds)
+            self.queue = JobQueue(self.limits.max_queue, default_timeout_s=self.limits.max_job_seconds,
+                                  on_forget=self._forget)
         if not self.options:
             self.options = _default_options(self.model_name)
 
@@ -113,6 +114,11 @@ class ServerState:
         folder = self.work_dir / job_id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+    def _forget(self, job) -> None:
+        """A job left the history: delete its folder (personalization and experiment files)."""
+        if self.work_dir is not None and (self.work_dir / job.id).is_dir():
+            shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     def close(self) -> None:
         """Stop the queue (cancelling its jobs) and remove the temporary work folder, if one was made."""
