@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..compositing import border_bands, composite
@@ -37,10 +38,24 @@ def _array(value: Any, key: str) -> np.ndarray | None:
     return None if arr is None else np.asarray(arr)
 
 
+def _flatten(value: dict) -> np.ndarray | None:
+    """Background and layers stacked (alpha compositing), for a value that arrived without its composite."""
+    parts = [np.asarray(p) for p in [value.get("background"), *(value.get("layers") or [])] if p is not None]
+    parts = [p for p in parts if p.ndim == 3 and p.shape[-1] == 4 and p.shape[:2] == parts[0].shape[:2]]
+    if not parts:
+        return None
+    out = Image.fromarray(parts[0])
+    for p in parts[1:]:
+        out = Image.alpha_composite(out, Image.fromarray(p))
+    return np.asarray(out)
+
+
 def editor_picture(value: Any, what: str = "sketch", max_pixels: int = MAX_PIXELS) -> Tensor:
     """The composite of an editor (background + every layer) as an image [1, 3, H, W] in [0, 1]."""
     arr = _array(value, "composite")
     if arr is None or arr.size == 0:
+        arr = _flatten(value) if isinstance(value, dict) else None
+    if arr is None or arr.size == 0 or (arr.ndim == 3 and arr.shape[-1] == 4 and not arr[..., 3].any()):
         raise InputError(f"the {what} canvas is empty; draw or upload a picture first")
     return load_image(arr, max_pixels=max_pixels)
 

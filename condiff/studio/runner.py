@@ -49,6 +49,8 @@ def progress_html(state: str, step: int = 0, total: int = 0, eta: float | None =
         return f'<div class="cd-status cd-cancelled">cancelled{": " + html.escape(message) if message else ""}</div>'
     if state == "queued":
         return f'<div class="cd-status cd-queued">waiting in the queue (position {position})</div>'
+    if state == "idle":
+        return '<div class="cd-status cd-idle">ready</div>'
     if state == "done":
         return f'<div class="cd-status cd-done">done{" — " + html.escape(message) if message else ""}</div>'
     frac = step / total if total else 0.0
@@ -66,7 +68,7 @@ class JobPanel:
         self.state = state
         self.kind = kind
         with gr.Row(equal_height=False):
-            self.status = gr.HTML(progress_html("done", message="ready"), elem_classes=["cd-progress"],
+            self.status = gr.HTML(progress_html("idle"), elem_classes=["cd-progress"],
                                   elem_id=f"cd-{kind}-status")
             self.cancel = gr.Button("Cancel", variant="stop", size="sm", scale=0, min_width=90,
                                     elem_id=f"cd-{kind}-cancel")
@@ -82,7 +84,7 @@ class JobPanel:
     def _cancel(self, job_id: str | None) -> str:
         if job_id and self.state.queue.cancel(job_id):
             return progress_html("running", message="cancelling…")
-        return progress_html("done", message="nothing to cancel")
+        return progress_html("idle")
 
     def drive(self, work: Callable[[Any], Any], done: Callable[[Any], dict], meta: dict | None = None,
               watch: Callable[[Any], dict] | None = None) -> Iterator[dict]:

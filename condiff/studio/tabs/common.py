@@ -128,7 +128,7 @@ class ResultsBox:
     def __init__(self, kind: str, label: str = "Results", columns: int = 4):
         self.gallery = gr.Gallery(label=label, columns=columns, height=300, object_fit="contain", format="png",
                                   elem_id=f"cd-{kind}-gallery", interactive=False)
-        with gr.Accordion("Downloads and parameters", open=False):
+        with gr.Accordion("Downloads and parameters", open=False, elem_id=f"cd-{kind}-downloads"):
             self.files = gr.File(label="PNG files (parameters inside)", file_count="multiple", interactive=False,
                                  elem_id=f"cd-{kind}-files")
             self.params = gr.Code(label="Parameters (paste into PNG info to reuse)", language="json",

@@ -100,7 +100,7 @@ def build(ctx: Context) -> None:
                 def done(res_list):
                     folder = ctx.store.new_folder("sketch")
                     sketch_file = OutputStore.save(folder, "sketch", picture, {"canvas": "sketch"})[0]
-                    shown, files = [], [sketch_file]
+                    shown, files = [(str(sketch_file), "sketch")], [sketch_file]
                     for i, res in enumerate(res_list):
                         paths = ctx.store.save_result(folder, f"result-{i}" if len(res_list) > 1 else "result", res)
                         files += paths
