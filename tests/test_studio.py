@@ -154,15 +154,24 @@ def test_user_messages_never_carry_a_traceback(caplog):
     assert "secret internals" in caplog.text  # logged on the server instead
 
 
-def test_job_panel_streams_progress_and_result_through_the_queue():
-    gr = pytest.importorskip("gradio")
+@pytest.fixture
+def server_state():
+    """What a JobPanel needs of the server: limits and a real job queue."""
     from condiff.server.state import Limits
-    from condiff.studio.runner import JobPanel
 
     class State:
         limits = Limits()
         queue = JobQueue(4)
 
+    yield State
+    State.queue.close()
+
+
+def test_job_panel_streams_progress_and_result_through_the_queue(server_state):
+    gr = pytest.importorskip("gradio")
+    from condiff.studio.runner import JobPanel
+
+    State = server_state
     with gr.Blocks():
         panel = JobPanel(State, "unit")
         out = gr.Textbox()
@@ -184,18 +193,13 @@ def test_job_panel_streams_progress_and_result_through_the_queue():
         for u in panel.drive(boom, lambda r: {}):
             last = u
     assert "prompt: too long" in last[panel.status]
-    State.queue.close()
 
 
-def test_cancel_button_cancels_the_queued_job():
+def test_cancel_button_cancels_the_queued_job(server_state):
     gr = pytest.importorskip("gradio")
-    from condiff.server.state import Limits
     from condiff.studio.runner import JobPanel
 
-    class State:
-        limits = Limits()
-        queue = JobQueue(4)
-
+    State = server_state
     with gr.Blocks():
         panel = JobPanel(State, "unit2")
 
@@ -210,7 +214,6 @@ def test_cancel_button_cancels_the_queued_job():
     updates = list(stream)
     assert "cd-cancelled" in updates[-1][panel.status]
     assert State.queue.get(job_id).state == "cancelled"
-    State.queue.close()
 
 
 # ------------------------------------------------------------------------------------------ long jobs, library, vocabulary

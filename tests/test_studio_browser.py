@@ -16,8 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -37,19 +35,11 @@ pytestmark = [
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     """``condiff studio`` on a free port; yields its base URL. Outputs and the library go to a temp folder.
     (``CONDIFF_TEST_STUDIO_URL`` points the test at a studio already running instead.)"""
-    from condiff.server.local import free_port
+    from condiff.server.local import _ready, free_port
 
     if os.environ.get("CONDIFF_TEST_STUDIO_URL"):
         yield os.environ["CONDIFF_TEST_STUDIO_URL"].rstrip("/")

@@ -139,6 +139,14 @@ class ResultsBox:
         return {self.gallery: shown, self.files: [str(p) for p in files],
                 self.params: json.dumps(params, indent=1, sort_keys=True, default=str)}
 
+    def saver(self, ctx: Context, kind: str, name: str):
+        """A job's ``done``: write the result's images (with parameters) to a new folder and show them."""
+        def done(res) -> dict:
+            paths = ctx.store.save_result(ctx.store.new_folder(kind), name, res)
+            return self.update([str(p) for p in paths], paths, res.params_for(0))
+
+        return done
+
     @property
     def outputs(self) -> list:
         return [self.gallery, self.files, self.params]

@@ -54,12 +54,7 @@ def build(ctx: Context) -> None:
                     return upscale(sr, image, caption_, noise_level=float(level), show_progress=False, callback=cb,
                                    **kw)
 
-                def done(res):
-                    folder = ctx.store.new_folder("upscale")
-                    paths = ctx.store.save_result(folder, "upscaled", res)
-                    return results.update([str(p) for p in paths], paths, res.params_for(0))
-
-                return work, done
+                return work, results.saver(ctx, "upscale", "upscaled")
 
             yield from guarded(panel, make)
 

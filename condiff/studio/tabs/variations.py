@@ -46,12 +46,7 @@ def build(ctx: Context) -> None:
                     cb = sampler_callback(progress, ctx.state, total)
                     return variations(model, image, n=count_, prompt=caption_, show_progress=False, callback=cb, **kw)
 
-                def done(res):
-                    folder = ctx.store.new_folder("variations")
-                    paths = ctx.store.save_result(folder, "variation", res)
-                    return results.update([str(p) for p in paths], paths, res.params_for(0))
-
-                return work, done
+                return work, results.saver(ctx, "variations", "variation")
 
             yield from guarded(panel, make)
 
