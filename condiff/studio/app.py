@@ -9,7 +9,6 @@ Analytics, version checks and web fonts are off (:mod:`condiff.studio.offline`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .offline import configure_offline, offline_theme
@@ -62,8 +61,3 @@ def mount_studio(app: Any, state: Any, path: str = STUDIO_PATH, **kwargs: Any) -
         max_file_size=state.limits.max_body_bytes, allowed_paths=[str(ctx.store.root), str(ctx.library.root)],
         ssr_mode=False, mcp_server=False, pwa=False, enable_monitoring=False,
     )
-
-
-def default_paths() -> dict[str, Path]:
-    """Where the studio writes (for ``condiff studio`` to print)."""
-    return {"outputs": OutputStore().root, "library": Library().root}

@@ -29,6 +29,8 @@ SIZE = {"width": 1280, "height": 900}
 
 def save(page, name: str) -> None:
     path = OUT / f"{name}.png"
+    page.evaluate("window.scrollTo(0, 0)")
+    time.sleep(0.5)
     page.screenshot(path=str(path))
     Image.open(path).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
     print(f"{path.name}: {path.stat().st_size // 1024} kB", flush=True)
@@ -51,6 +53,7 @@ def main(base: str) -> None:
         page.goto(base.rstrip("/") + "/studio/")
         page.wait_for_selector("#cd-tab-txt2img-button", timeout=60_000)
 
+        time.sleep(3)
         T._set_number(page, "cd-txt2img-batch", 4)
         run(page, "txt2img", 12)
         save(page, "txt2img")

@@ -180,7 +180,13 @@ def build(ctx: Context) -> None:
                     pics = ctx.store.save_result(ctx.store.new_folder("personalize-preview"), "preview", shots)
                     return {curve: _frame(history), previews: [(str(p), prompt) for p in pics], result_file: str(path)}
 
-                def watch(job):
+                seen = [None]
+
+                def watch(job):  # the checkpoint is re-read only when it was rewritten
+                    stamp = checkpoint.stat().st_mtime if checkpoint.is_file() else None
+                    if stamp == seen[0]:
+                        return {}
+                    seen[0] = stamp
                     history = loss_history(checkpoint)
                     return {curve: _frame(history)} if history else {}
 

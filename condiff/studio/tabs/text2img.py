@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 
 import gradio as gr
-import torch
 
 from ...commands._common import classifier_guided
-from ...errors import InputError
 from ...models.registry import component_dir
-from ...pipelines.common import to_unit
 from ...pipelines.text2img import generate
 from ...server.runner import sampler_callback
 from ..personal import personalized
