@@ -67,8 +67,11 @@ def main(base: str) -> None:
 
         T._open_tab(page, "inpaint", "cd-inpaint-canvas")
         T._upload_to_editor(page, "cd-inpaint-canvas", EXPERIMENTS_DIR / "exp2_remove-sunglasses_image.png")
-        T._draw(page, "cd-inpaint-canvas", [[(0.3, 0.4), (0.7, 0.4), (0.7, 0.5), (0.3, 0.5)]], (255, 0, 255))
-        run(page, "inpaint", 12)
+        try:
+            T._draw(page, "cd-inpaint-canvas", [[(0.3, 0.4), (0.7, 0.4), (0.7, 0.5), (0.3, 0.5)]], (255, 0, 255))
+            run(page, "inpaint", 12)
+        except AssertionError as err:  # a busy machine: show the tab as it is
+            print(f"inpaint: {err}", flush=True)
         save(page, "inpaint")
 
         T._open_tab(page, "control")
