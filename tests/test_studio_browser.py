@@ -139,16 +139,21 @@ def _painted(page, canvas: str, color: tuple[int, int, int]) -> int:
     return int((np.abs(shot - np.array(color)).sum(-1) < 40).sum())
 
 
-def _draw(page, canvas: str, strokes: list[list[tuple[float, float]]], color: tuple[int, int, int]) -> None:
-    """Select the brush and draw ``strokes``; drawn again if the editor was not ready and shows none."""
+def _draw(page, canvas: str, strokes: list[list[tuple[float, float]]], color: tuple[int, int, int],
+          reset=None) -> None:
+    """Select the brush and draw ``strokes``; drawn again (after ``reset()``, default: Clear canvas) if
+    the editor was not ready and shows none."""
     for _ in range(3):
         _select_brush(page, canvas)
         for points in strokes:
             _stroke(page, canvas, points)
-        if _painted(page, canvas, color) > 200:
+        if _painted(page, canvas, color) > 100:
             return
-        page.locator(f"#{canvas} button[aria-label='Clear canvas']").first.click()
-        time.sleep(2)
+        if reset is None:
+            page.locator(f"#{canvas} button[aria-label='Clear canvas']").first.click()
+            time.sleep(2)
+        else:
+            reset()
     raise AssertionError("the strokes never appeared on the canvas")
 
 
@@ -253,8 +258,11 @@ def test_inpaint_equals_python(browser, model, tmp_path):
     page, _ = browser
     _open_tab(page, "inpaint", "cd-inpaint-canvas")
     picture = EXPERIMENTS_DIR / "exp2_remove-sunglasses_image.png"
-    _upload_to_editor(page, "cd-inpaint-canvas", picture)
-    _draw(page, "cd-inpaint-canvas", [[(0.3, 0.4), (0.7, 0.4), (0.7, 0.5), (0.3, 0.5)]], (255, 0, 255))
+    upload = lambda: _upload_to_editor(page, "cd-inpaint-canvas", picture)  # noqa: E731 -- also the retry
+    upload()
+    # a closed stroke around the middle: inside the picture whether the editor shows it at 97 % or zoomed to fit
+    _draw(page, "cd-inpaint-canvas", [[(0.45, 0.45), (0.55, 0.45), (0.55, 0.52), (0.45, 0.52), (0.45, 0.45)]],
+          (255, 0, 255), reset=upload)
     _set_number(page, "cd-inpaint-steps", STEPS)
     _set_number(page, "cd-inpaint-seed", 3)
     page.click("#cd-inpaint-run")
@@ -266,7 +274,7 @@ def test_inpaint_equals_python(browser, model, tmp_path):
     image, mask = load_image(tmp_path / "image.png"), load_mask(tmp_path / "mask.png")
     assert _same_image(_tensor_pixels(image), _tensor_pixels(load_image(picture))), "the upload was altered"
     painted = mask[0, 0].numpy() > 0.5
-    assert 0.02 < painted.mean() < 0.5 and painted[: image.shape[-2] // 4].sum() == 0, "mask is not the stroke"
+    assert 0.02 < painted.mean() < 0.5 and painted[: image.shape[-2] // 5].sum() == 0, "mask is not the stroke"
     # the same call as `condiff inpaint image.png mask.png PROMPT --steps 4 --seed 3`
     want = _tensor_pixels(inpaint(model, image, mask, "a smiling face, glossy style", steps=STEPS, seed=3,
                                   show_progress=False).images)
