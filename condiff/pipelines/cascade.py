@@ -75,7 +75,8 @@ def sample_base(model: CascadeModel, prompts: list[str], negative, guidance: flo
 def super_resolve(model: CascadeModel, low_res: Tensor, prompts: list[str], *, noise_level: float,
                   guidance: float = 1.0, negative: str | Sequence[str] = "", steps: int | None = None,
                   sampler: str = "dpmpp_2m", schedule: str | None = None, noise: NoiseSource,
-                  show_progress: bool = True, mask: Tensor | None = None, known: Tensor | None = None) -> Tensor:
+                  show_progress: bool = True, mask: Tensor | None = None, known: Tensor | None = None,
+                  callback=None) -> Tensor:
     """The SR stage on low-resolution images in [−1, 1] -> high resolution in [−1, 1].
 
     The first draw of ``noise`` augments the upsampled conditioning to ``noise_level`` (eq. aug),
@@ -95,7 +96,7 @@ def super_resolve(model: CascadeModel, low_res: Tensor, prompts: list[str], *, n
         den = blend = BlendInpaint(den, mask, known)
     sigmas = schedule_for(den, sampler, steps, schedule)
     x = noise.randn((3, *hi), device=model.device) * float(sigmas[0])
-    out = run_sampler(den, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress)
+    out = run_sampler(den, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, callback=callback)
     return blend.finalize(out) if blend is not None else out
 
 
@@ -136,7 +137,7 @@ def generate(model: CascadeModel, prompt: str | Sequence[str], *, negative: str 
 def upscale(model: CascadeModel, image: Tensor, prompt: str | Sequence[str] | None = None, *,
             noise_level: float | None = None, guidance: float = 1.0, steps: int | None = None,
             sampler: str = "dpmpp_2m", schedule: str | None = None, seed: int | Sequence[int] = 0,
-            show_progress: bool = True) -> PipelineResult:
+            show_progress: bool = True, callback=None) -> PipelineResult:
     """Super-resolve images in [0, 1] ([B, 3, h, w], h and w multiples of 4) by the SR factor.
 
     ``prompt`` None uses the empty prompt (the SR stage was trained with caption dropout);
@@ -157,7 +158,8 @@ def upscale(model: CascadeModel, image: Tensor, prompt: str | Sequence[str] | No
     level = _level(model, noise_level)
     noise = noise_for(seed, image.shape[0])
     high = super_resolve(model, image * 2 - 1, prompts, noise_level=level, guidance=guidance,
-                         steps=steps, sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress)
+                         steps=steps, sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress,
+                         callback=callback)
     params = {"model": model.name, "pipeline": "cascade-upscale", "prompt": prompt, "noise_level": level,
               "guidance": guidance, "sampler": sampler, "schedule": schedule or "default", "steps": steps,
               "seeds": list(noise.seeds),

@@ -323,6 +323,7 @@ def control(
     width: int | None = None,
     eta: float | None = None,
     show_progress: bool = True,
+    callback=None,
 ) -> PipelineResult:
     """Text-to-image under one or several ControlNets (thesis §3.1.3, experiment 1 §4.2.4).
 
@@ -373,7 +374,7 @@ def control(
     base = ControlSchedule(model.denoiser(), units)
     result = generate(model, prompt, negative=negative, guidance=guidance, steps=steps, sampler=sampler,
                       schedule=schedule, seed=seed, batch_size=batch, height=height, width=width, eta=eta,
-                      show_progress=show_progress, base=base)
+                      show_progress=show_progress, base=base, callback=callback)
     result.params.update(pipeline="control", control=[
         {"type": k, "scale": u.scale, "start": u.start, "end": u.end, "preprocess": bool(preprocess)}
         for k, u in zip(kinds, units)

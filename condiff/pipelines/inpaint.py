@@ -46,7 +46,7 @@ def _latent_mask(mask: Tensor, shape: tuple[int, int]) -> Tensor:
 @torch.no_grad()
 def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str], *, method: str, negative,
          guidance: float, steps, sampler: str, schedule, noise: NoiseSource, show_progress: bool,
-         jump_length: int, resamples: int, eta: float | None) -> tuple[Tensor, int]:
+         jump_length: int, resamples: int, eta: float | None, callback=None) -> tuple[Tensor, int]:
     """Inpaint images [B, 3, H, W] in [0, 1] at model resolution: (raw decoded images in [0, 1], steps)."""
     z_known = model.encode(from_unit(image, model.device))
     m_lat = _latent_mask(mask.to(model.device), tuple(z_known.shape[-2:])).expand(z_known.shape[0], 1, -1, -1)
@@ -68,17 +68,25 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
     x = noise.randn(z_known.shape[1:], device=model.device) * float(sigmas[0])
     if method == "blend":
         wrapped = BlendInpaint(denoiser, m_lat, z_known, renoise=noise)
-        z = run_sampler(wrapped, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, **knobs)
+        z = run_sampler(wrapped, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress,
+                        callback=callback, **knobs)
         z = wrapped.finalize(z)
     elif method == "repaint":
-        cb, close = progress(len(sigmas) * resamples, "repaint", show_progress)
+        bar, close = progress(len(sigmas) * resamples, "repaint", show_progress)
+
+        def cb(info: dict) -> None:
+            for fn in (bar, callback):
+                if fn is not None:
+                    fn(info)
+
         try:
             z = repaint_sample(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=cb, mask=m_lat,
                                known=z_known, jump_length=jump_length, resamples=resamples)
         finally:
             close()
     else:
-        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, **knobs)
+        z = run_sampler(denoiser, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress,
+                        callback=callback, **knobs)
     return to_unit(model.decode(z)), len(sigmas) - 1
 
 
@@ -106,6 +114,7 @@ def inpaint(
     resamples: int = 4,
     eta: float | None = None,
     show_progress: bool = True,
+    callback=None,
 ) -> PipelineResult:
     """Inpaint ``image`` [B, 3, H, W] in [0, 1] where ``mask`` ([B|1, 1, H, W], 1 = repaint) is set.
 
@@ -127,7 +136,8 @@ def inpaint(
     guidance = model.info.get("default_guidance", 5.0) if guidance is None else float(guidance)
     noise = noise_for(seed, batch)
     kw = dict(method=method, negative=negative, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule,
-              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples, eta=eta)
+              noise=noise, show_progress=show_progress, jump_length=jump_length, resamples=resamples, eta=eta,
+              callback=callback)
     size = model.image_size
     if crop_to_mask:
         if batch != 1:

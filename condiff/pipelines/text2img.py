@@ -102,6 +102,7 @@ def sdedit(
     show_progress: bool = True,
     base=None,
     extra_cond: dict | None = None,
+    callback=None,
 ) -> PipelineResult:
     """SDEdit on images in [0, 1] ([B, 3, H, W]; uint8 0-255 accepted); ``steps`` counts the full
     schedule (k = ⌊t0·n⌋ run)."""
@@ -124,5 +125,5 @@ def sdedit(
     z0 = model.encode(from_unit(image, model.device))
     tail, x = sdedit_start(z0, sigmas.to(z0.device), strength, noise)
     latents = run_sampler(denoiser, x, tail, sampler, cond=cond, noise=noise, show_progress=show_progress,
-                          **sampler_knobs(sampler, eta))
+                          callback=callback, **sampler_knobs(sampler, eta))
     return PipelineResult(to_unit(model.decode(latents)), params, latents.cpu())

@@ -44,12 +44,13 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def _sample(den: Denoiser, shape: tuple[int, ...], cond: Cond, noise: NoiseSource, steps, sampler: str, schedule,
-            show_progress: bool, device, mask: Tensor | None = None, known: Tensor | None = None) -> Tensor:
+            show_progress: bool, device, mask: Tensor | None = None, known: Tensor | None = None,
+            callback=None) -> Tensor:
     blend = BlendInpaint(den, mask, known) if mask is not None else None
     den = blend if blend is not None else den
     sigmas = schedule_for(den, sampler, steps, schedule)
     x = noise.randn(shape, device=device) * float(sigmas[0])
-    out = run_sampler(den, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress)
+    out = run_sampler(den, x, sigmas, sampler, cond=cond, noise=noise, show_progress=show_progress, callback=callback)
     return blend.finalize(out) if blend is not None else out
 
 
@@ -69,7 +70,7 @@ def sample_embeddings(model: UnCLIPModel, prompts: list[str], *, negative: str =
 
 
 def _decode_low(model: UnCLIPModel, embeddings: Tensor, prompts: list[str], guidance: float, steps, sampler: str,
-                schedule, noise: NoiseSource, show_progress: bool, mask=None, known=None) -> Tensor:
+                schedule, noise: NoiseSource, show_progress: bool, mask=None, known=None, callback=None) -> Tensor:
     cond = model.decoder_cond(embeddings, prompts)
     den: Denoiser = model.decoder_denoiser()
     if guidance != 1.0:
@@ -78,14 +79,14 @@ def _decode_low(model: UnCLIPModel, embeddings: Tensor, prompts: list[str], guid
         den = ClassifierFreeGuidance(den, guidance, null)
     size = model.decoder_size
     return _sample(den, (3, size, size), cond, noise, steps, sampler, schedule, show_progress, model.device,
-                   mask, known)
+                   mask, known, callback)
 
 
 @torch.no_grad()
 def decode(model: UnCLIPModel, embeddings: Tensor, prompts: Sequence[str] | None = None, *,
            guidance: float | None = None, steps: int | None = None, sampler: str = "dpmpp_2m",
            schedule: str | None = None, noise: NoiseSource, noise_level: float | None = None,
-           sr_steps: int | None = None, show_progress: bool = True) -> tuple[Tensor, Tensor]:
+           sr_steps: int | None = None, show_progress: bool = True, callback=None) -> tuple[Tensor, Tensor]:
     """Embeddings [B, 384] -> (final images, 64×64 decoder images), both in [−1, 1].
 
     The final images are the SR stage's upsampling when the model has one, else the decoder's.
@@ -94,12 +95,13 @@ def decode(model: UnCLIPModel, embeddings: Tensor, prompts: Sequence[str] | None
     prompts = as_prompt_list("" if prompts is None else prompts, batch)
     guidance = float(model.info.get("default_guidance", 3.0) if guidance is None else guidance)
     steps = steps or model.info.get("default_steps")
-    low = _decode_low(model, embeddings, prompts, guidance, steps, sampler, schedule, noise, show_progress)
+    low = _decode_low(model, embeddings, prompts, guidance, steps, sampler, schedule, noise, show_progress,
+                      callback=callback)
     if model.upsampler is None:
         return low, low
     level = model.upsampler.info.get("default_noise_level", 0.1) if noise_level is None else noise_level
     high = super_resolve(model.upsampler, low, prompts, noise_level=level, steps=sr_steps or steps, sampler=sampler,
-                         schedule=schedule, noise=noise, show_progress=show_progress)
+                         schedule=schedule, noise=noise, show_progress=show_progress, callback=callback)
     return high, low
 
 
@@ -132,7 +134,7 @@ def generate(model: UnCLIPModel, prompt: str | Sequence[str], *, negative: str =
 def variations(model: UnCLIPModel, image: Tensor, n: int = 4, seed: int = 0, *, prompt: str = "",
                guidance: float | None = None, steps: int | None = None, sampler: str = "dpmpp_2m",
                schedule: str | None = None, noise_level: float | None = None, sr_steps: int | None = None,
-               show_progress: bool = True) -> PipelineResult:
+               show_progress: bool = True, callback=None) -> PipelineResult:
     """``n`` variations of one image [1, 3, H, W] in [0, 1]: same image embedding, seeds seed..seed+n−1.
 
     ``extras["embedding"]`` holds the source embedding [1, 384].
@@ -150,7 +152,7 @@ def variations(model: UnCLIPModel, image: Tensor, n: int = 4, seed: int = 0, *, 
     noise = noise_for(int(seed), n)
     high, low = decode(model, emb.expand(n, -1), [prompt] * n, guidance=guidance, steps=steps, sampler=sampler,
                        schedule=schedule, noise=noise, noise_level=noise_level, sr_steps=sr_steps,
-                       show_progress=show_progress)
+                       show_progress=show_progress, callback=callback)
     params = _params(model, "unclip-variations", prompt=prompt or None, guidance=guidance, sampler=sampler,
                      schedule=schedule or "default", steps=steps, sr_steps=sr_steps or steps,
                      noise_level=noise_level, seeds=list(noise.seeds))
