@@ -56,6 +56,8 @@ def serve(
     max_train_steps: int = typer.Option(1000, "--max-train-steps", help="Most steps of a personalization job."),
     max_train_images: int = typer.Option(32, "--max-train-images", help="Most subject images of a personalization job."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder for long jobs' files (default: a temporary folder)."),
+    studio: bool = typer.Option(True, "--studio/--no-studio", help="Also serve the browser studio at /studio (same "
+                                "queue and model)."),
 ) -> None:
     """Serve the AUTOMATIC1111-compatible HTTP API (/sdapi/v1, /controlnet) and condiff's own (/condiff/v1).
 
@@ -76,8 +78,16 @@ def serve(
                     max_train_images=max_train_images)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     state = ServerState.create(model, device, limits=limits, auth=auth, work_dir=work_dir)
-    typer.echo(f"condiff serve: model {model!r} on {state.device}; http://{bind}:{port}/docs", err=True)
+    app = create_app(state)
+    shown = "127.0.0.1" if bind == "0.0.0.0" else bind
+    pages = f"http://{shown}:{port}/docs"
+    if studio:
+        from ..studio import STUDIO_PATH, mount_studio
+
+        app = mount_studio(app, state)
+        pages += f" and http://{shown}:{port}{STUDIO_PATH}/"
+    typer.echo(f"condiff serve: model {model!r} on {state.device}; {pages}", err=True)
     try:
-        uvicorn.run(create_app(state), host=bind, port=port, log_level="info", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=bind, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         state.close()

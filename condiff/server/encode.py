@@ -6,8 +6,9 @@
   *before* the pixels are decoded (decompression bombs), and every failure is an
   :class:`~condiff.errors.InputError`/:class:`~condiff.errors.LimitError` naming the request field.
   Nothing here ever opens a path: requests carry image data, never server file names.
-* :func:`png_base64`: the one place results become PNGs; it writes through the project's PNG
-  writer (:func:`condiff.images.save_png`, parameters as a JSON ``parameters`` text chunk).
+* :func:`png_base64`: the one place results become PNGs, with the provenance stamps of every
+  condiff output (:func:`condiff.images.png_bytes`: A1111 ``parameters`` text, condiff's JSON,
+  invisible watermark, C2PA manifest when a key exists).
 * :func:`png_info`: the one place PNG metadata is read back (``/sdapi/v1/png-info``).
 """
 
@@ -18,18 +19,16 @@ import binascii
 import io
 import json
 import re
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import InputError, LimitError
-from ..images import PARAMETERS_KEY, load_image, load_mask, read_png_parameters, save_png
+from ..images import PARAMETERS_KEY, load_image, load_mask, png_bytes, read_png_parameters
 
-__all__ = ["decode_bytes", "decode_image", "decode_mask", "open_image", "png_base64", "png_info"]
+__all__ = ["decode_bytes", "decode_image", "decode_mask", "infotext_pairs", "open_image", "png_base64", "png_info"]
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.I)
 
@@ -78,11 +77,10 @@ def decode_mask(data: str, field: str, max_pixels: int) -> Tensor:
     return load_mask(open_image(data, field, max_pixels), max_pixels=max_pixels)
 
 
-def png_base64(image: Tensor, params: dict[str, Any] | None) -> str:
-    """One image [1, 3, H, W] in [0, 1] as a base64 PNG carrying ``params`` (the project's PNG writer)."""
-    with tempfile.TemporaryDirectory(prefix="condiff-serve-") as tmp:
-        path = save_png(image, Path(tmp) / "image.png", params)
-        return base64.b64encode(path.read_bytes()).decode("ascii")
+def png_base64(image: Tensor, params: dict[str, Any] | None, ingredients: list | None = None) -> str:
+    """One image [1, 3, H, W] in [0, 1] as a base64 PNG with the stamps of every condiff output
+    (A1111 ``parameters``, condiff JSON, watermark and C2PA manifest: :func:`condiff.images.png_bytes`)."""
+    return base64.b64encode(png_bytes(image, params or {}, ingredients=ingredients)).decode("ascii")
 
 
 def png_info(data: str, field: str, max_pixels: int) -> dict[str, Any]:
@@ -94,11 +92,11 @@ def png_info(data: str, field: str, max_pixels: int) -> dict[str, Any]:
     try:
         params = read_png_parameters(io.BytesIO(decode_bytes(data, field))) or {}
     except ValueError:  # not condiff's JSON: an A1111 infotext
-        params = _infotext_pairs(text)
+        params = infotext_pairs(text)
     return {"info": text, "items": texts, "parameters": params}
 
 
-def _infotext_pairs(text: str) -> dict[str, Any]:
+def infotext_pairs(text: str) -> dict[str, Any]:
     """``prompt``, ``negative_prompt`` and the ``Key: value`` pairs of an A1111 infotext."""
     lines = text.strip().splitlines()
     if not lines:

@@ -48,7 +48,7 @@ def read_parameters(path: str | Path, max_pixels: int) -> dict[str, Any]:
 
 def parse_parameters_text(text: str) -> dict[str, Any]:
     """Pasted parameters, condiff's JSON or A1111's infotext → condiff's names."""
-    from ..server.encode import _infotext_pairs
+    from ..server.encode import infotext_pairs
 
     text = (text or "").strip()
     if not text:
@@ -61,7 +61,7 @@ def parse_parameters_text(text: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise InputError("condiff's parameters must be a JSON object")
         return {**data, "format": "condiff"}
-    return to_condiff_names(_infotext_pairs(text))
+    return to_condiff_names(infotext_pairs(text))
 
 
 def to_condiff_names(pairs: dict[str, Any]) -> dict[str, Any]:
