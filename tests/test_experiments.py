@@ -371,3 +371,17 @@ def test_personalization_trains_caches_and_reuses_results(tmp_path, monkeypatch)
         next(other.unet.parameters()).add_(1e-3)
     ctx.model = other
     assert find_result(ctx, config, "lora") is None
+
+
+def test_quiet_mode_prints_one_line_per_finished_cell(capsys):
+    """`experiment run --no-progress` still shows progress: one stderr line per finished cell."""
+    from condiff.experiments.context import cell_timer
+
+    timings: dict = {}
+    with cell_timer(timings, "sdedit: t0=0.6", announce=True):
+        pass
+    with cell_timer(timings, "silent cell"):
+        pass
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"done: sdedit: t0=0.6 ({timings['sdedit: t0=0.6']['wall_s']:.1f} s)"]
+    assert set(timings) == {"sdedit: t0=0.6", "silent cell"}

@@ -92,6 +92,12 @@ def test_cli_train_toy_writes_outputs_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output + repr(res.exception)
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [50, 60, 90]
+    # --resume of the finished run keeps its record (it used to rewrite final_loss as NaN)
+    final = json.loads((out / "metrics.json").read_text())["final_loss"]
+    res = runner.invoke(app, args(90, "--resume"))
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["final_loss"] == final and again["steps"] == 90
 
 
 def test_cli_train_run_recipe(tmp_path):

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -138,17 +139,20 @@ class ExperimentResult:
 
 
 @contextmanager
-def cell_timer(timings: dict, key: str):
+def cell_timer(timings: dict, key: str, announce: bool = False):
     """Record a block's wall-clock and process CPU seconds as ``timings[key] = {"wall_s", "cpu_s"}``.
 
     On a shared machine the wall time depends on the other jobs; the CPU time (all threads of this
     process) does much less, and with one torch thread it is what the block takes on an idle core.
+    ``announce``: print one line per finished block on stderr (the quiet mode's sign of progress).
     """
     w, c = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         timings[key] = {"wall_s": round(time.perf_counter() - w, 2), "cpu_s": round(time.process_time() - c, 2)}
+        if announce:
+            print(f"done: {key} ({timings[key]['wall_s']:.1f} s)", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- evaluation encoder

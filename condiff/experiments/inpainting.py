@@ -226,7 +226,7 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     timings = res.measurements.setdefault("cell_seconds", {})
     for seed in run.seeds:
         for arch in archs:
-            with cell_timer(timings, f"{arch.name}, seed {seed} ({len(tasks)} tasks)"):
+            with cell_timer(timings, f"{arch.name}, seed {seed} ({len(tasks)} tasks)", announce=not ctx.show_progress):
                 comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
                 rows += _with_seams(comp, tasks, pictures)
     names = list(dict.fromkeys(r["architecture"] for r in rows))

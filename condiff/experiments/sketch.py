@@ -184,7 +184,7 @@ def _sweep(ctx: ExperimentContext, res: ExperimentResult, what: str, render, axe
         return ", ".join(f"{a.name}={params[a.name]}" for a in axes)
 
     def timed(params: dict) -> Tensor:
-        with cell_timer(timings, f"{what}: {label(params)}"):
+        with cell_timer(timings, f"{what}: {label(params)}", announce=not ctx.show_progress):
             return render(params)
 
     sw = run_sweep(timed, axes, base, metrics, show_progress=ctx.show_progress, desc=what)
