@@ -252,11 +252,11 @@ def test_experiment_command_line(tmp_path):
     from condiff.studio.tabs.experiments import experiment_args, report_frame
 
     args = experiment_args(["sketch"], model="builtin", device="cpu", out=str(tmp_path), quick=True, seed=3,
-                           budget=60, train=False, threads=None)
+                           train=False, threads=None)
     assert args == ["experiment", "run", "sketch", "--out", str(tmp_path), "--model", "builtin", "--device", "cpu",
-                    "--no-progress", "--quick", "--seed", "3", "--budget", "60"]
+                    "--no-progress", "--quick", "--seed", "3"]
     with pytest.raises(InputError, match="no experiment"):
-        experiment_args([], model="b", device="cpu", out="o", quick=True, seed=None, budget=None, train=False,
+        experiment_args([], model="b", device="cpu", out="o", quick=True, seed=None, train=False,
                         threads=None)
     frame = report_frame('<p class="x">"a" & b</p>')
     assert 'sandbox=""' in frame and "&quot;a&quot; &amp; b" in frame

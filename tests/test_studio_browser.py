@@ -47,7 +47,9 @@ def studio(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("studio")
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TMPDIR=str(tmp), CONDIFF_CACHE=str(tmp / "cache"))
+    # the page's pictures are compared with the pipeline's pixels: no watermark on them (its own tests are elsewhere)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TMPDIR=str(tmp), CONDIFF_CACHE=str(tmp / "cache"),
+               CONDIFF_WATERMARK="0")
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 -- closed below, after the server
     proc = subprocess.Popen([sys.executable, "-m", "condiff.cli", "studio", "--port", str(port), "--device", "cpu",
                              "--max-body-bytes", str(BODY_LIMIT)], cwd=ROOT, env=env, stdout=log, stderr=log)

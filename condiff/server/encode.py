@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import InputError, LimitError
+from ..provenance.stamp import CONDIFF_KEY
 from ..images import PARAMETERS_KEY, load_image, load_mask, png_bytes, read_png_parameters
 
 __all__ = ["decode_bytes", "decode_image", "decode_mask", "infotext_pairs", "open_image", "png_base64", "png_info"]
@@ -89,11 +90,16 @@ def png_info(data: str, field: str, max_pixels: int) -> dict[str, Any]:
     im = open_image(data, field, max_pixels)
     texts = {k: v for k, v in getattr(im, "text", {}).items() if isinstance(v, str)}
     text = texts.pop(PARAMETERS_KEY, "")
-    try:
-        params = read_png_parameters(io.BytesIO(decode_bytes(data, field))) or {}
-    except ValueError:  # not condiff's JSON: an A1111 infotext
+    ours = CONDIFF_KEY in texts or text.lstrip().startswith("{")  # condiff's JSON chunk, or an older condiff file
+    texts.pop(CONDIFF_KEY, None)
+    if ours:
+        try:
+            params = read_png_parameters(io.BytesIO(decode_bytes(data, field))) or {}
+        except ValueError:
+            raise InputError(f"{field}: its condiff parameters are not valid JSON") from None
+    else:
         params = infotext_pairs(text)
-    return {"info": text, "items": texts, "parameters": params}
+    return {"info": text, "items": texts, "parameters": params, "format": "condiff" if ours else "a1111"}
 
 
 def infotext_pairs(text: str) -> dict[str, Any]:

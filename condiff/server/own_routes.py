@@ -129,7 +129,7 @@ async def personalize(req: PersonalizeRequest, request: Request):
         out = folder / "out" / f"{req.method}{suffix}"
         args = ["personalize", req.method, "--images", str(images), "--class-noun", req.class_noun, "--token", token,
                 "--steps", str(req.steps), "--seed", str(req.seed), "--out", str(out), "--model", state.model_name,
-                "--device", str(state.device)]
+                "--device", str(state.device), "--json"]
         if req.lr is not None:
             args += ["--lr", str(req.lr)]
         stdout = run_cli(args, progress, folder)
@@ -148,7 +148,7 @@ async def experiments(req: ExperimentRequest, request: Request):
     def work(progress):
         folder = state.job_dir(progress.job.id)
         args = ["experiment", "run", *dict.fromkeys(req.names), "--out", str(folder / "out"), "--model",
-                state.model_name, "--device", str(state.device), "--budget", f"{budget:g}", "--no-progress"]
+                state.model_name, "--device", str(state.device), "--no-progress"]
         if req.quick:
             args.append("--quick")
         if req.seed is not None:

@@ -41,7 +41,7 @@ def read_parameters(path: str | Path, max_pixels: int) -> dict[str, Any]:
     params = info["parameters"]
     if not params:
         return {}
-    if info["info"].lstrip().startswith("{"):
+    if info["format"] == "condiff":
         return {**params, "format": "condiff"}
     return to_condiff_names(params)
 

@@ -22,9 +22,10 @@ def concepts() -> tuple[str, ...]:
     """Human-readable concept names of the built-in world, sorted, without duplicates (empty if absent)."""
     from ..models.registry import component_dir
 
-    path = component_dir("evalenc") / "config.json"
+    folder = component_dir("evalenc")
     try:
-        slugs = json.loads(path.read_text()).get("concepts", [])
+        vocab = json.loads((folder / "config.json").read_text()).get("vocabulary") or {}
+        slugs = (folder / vocab.get("file", "concepts.txt")).read_text(encoding="utf-8").split()
     except (OSError, ValueError):
         return ()
     return tuple(sorted({humanize(s) for s in slugs}))

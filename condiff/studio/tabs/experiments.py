@@ -19,7 +19,7 @@ __all__ = ["build", "experiment_args", "report_frame"]
 
 
 def experiment_args(names: list[str], *, model: str, device: str, out: str, quick: bool, seed: float | None,
-                    budget: float | None, train: bool, threads: float | None) -> list[str]:
+                    train: bool, threads: float | None) -> list[str]:
     """The ``condiff experiment run`` command line of the tab's settings."""
     from ...errors import InputError
 
@@ -30,8 +30,6 @@ def experiment_args(names: list[str], *, model: str, device: str, out: str, quic
         args.append("--quick")
     if seed is not None and seed != "":
         args += ["--seed", str(int(seed))]
-    if budget:
-        args += ["--budget", f"{float(budget):g}"]
     if train:
         args.append("--train")
     if threads:
@@ -54,8 +52,6 @@ def build(ctx: Context) -> None:
                                          elem_id="cd-experiments-names")
                 quick = gr.Checkbox(True, label="Quick (each config's reduced settings)")
                 seed = gr.Number(None, precision=0, minimum=0, label="Seed (empty: each config's own)")
-                budget = gr.Number(max(1.0, limit - 30), minimum=1, maximum=limit,
-                                   label="Time budget (s; later parts are skipped and reported)")
                 train = gr.Checkbox(False, label="Train personalization methods without a cached result")
                 threads = gr.Number(None, precision=0, minimum=1, label="Torch threads (empty: default)")
                 run = gr.Button("Run", variant="primary", elem_id="cd-experiments-run")
@@ -64,18 +60,16 @@ def build(ctx: Context) -> None:
             with gr.Column(scale=3):
                 report = gr.HTML("<p>The report appears here when the run ends.</p>", elem_id="cd-experiments-report")
 
-        def on_run(names_, quick_, seed_, budget_, train_, threads_):
+        def on_run(names_, quick_, seed_, train_, threads_):
             def make():
                 folder = ctx.store.new_folder("experiments")
                 out = folder / "out"
-                if budget_ and float(budget_) > limit:
-                    ctx.limits.check("budget", float(budget_), "max_job_seconds", "time budget")
                 args = experiment_args(list(names_ or []), model=ctx.state.model_name, device=str(ctx.state.device),
-                                       out=str(out), quick=bool(quick_), seed=seed_, budget=budget_ or None,
+                                       out=str(out), quick=bool(quick_), seed=seed_,
                                        train=bool(train_), threads=threads_ or None)
 
                 def work(progress):
-                    run_cli(args, progress, folder, expected_s=float(budget_ or limit))
+                    run_cli(args, progress, folder, expected_s=float(limit))
                     return out
 
                 def done(out_dir):
@@ -87,5 +81,5 @@ def build(ctx: Context) -> None:
 
             yield from guarded(panel, make)
 
-        run.click(on_run, inputs=[names, quick, seed, budget, train, threads], outputs=[*panel.outputs, report, files],
+        run.click(on_run, inputs=[names, quick, seed, train, threads], outputs=[*panel.outputs, report, files],
                   concurrency_limit=ctx.limits.max_queue)
