@@ -33,7 +33,10 @@ from .common import (
     sampler_knobs, to_unit,
 )
 
-__all__ = ["inpaint", "INPAINT_METHODS"]
+__all__ = ["inpaint", "INPAINT_METHODS", "DEFAULT_BLEND"]
+
+#: the built-in default compositing: the most coherent fill measured (ldm-inpaint model card)
+DEFAULT_BLEND = "laplacian"
 
 INPAINT_METHODS = ("model", "blend", "repaint")
 
@@ -104,7 +107,7 @@ def inpaint(
     sampler: str = "dpmpp_2m",
     schedule: str | None = None,
     seed: int | Sequence[int] = 0,
-    blend: str = "laplacian",
+    blend: str = DEFAULT_BLEND,
     color_match: bool = False,
     feather: float = 0.0,
     composite: bool = True,

@@ -7,6 +7,7 @@ import gradio as gr
 import numpy as np
 
 from ...compositing import BLEND_METHODS
+from ...pipelines.inpaint import DEFAULT_BLEND
 from ...data.experiment_inputs import EXPERIMENTS_DIR
 from ...errors import InputError
 from ...images import load_image, to_pil
@@ -47,7 +48,7 @@ def build(ctx: Context) -> None:
                 with gr.Row():
                     method = gr.Radio(list(INPAINT_METHODS), value="model" if ctx.model.inpaint_unet is not None
                                       else "blend", label="Method", elem_id="cd-inpaint-method")
-                    blend = gr.Radio(list(BLEND_METHODS), value="alpha", label="Blending (laplacian/poisson: seam-aware)",
+                    blend = gr.Radio(list(BLEND_METHODS), value=DEFAULT_BLEND, label="Blending (laplacian/poisson: seam-aware)",
                                      elem_id="cd-inpaint-blend")
                 with gr.Row():
                     color_match = gr.Checkbox(False, label="Match colours to the surroundings")
