@@ -9,6 +9,7 @@ import typer
 
 from .. import validate as V
 from ..errors import InputError
+from ..pipelines.inpaint import DEFAULT_BLEND
 from . import _common as C
 
 
@@ -107,7 +108,7 @@ def inpaint(
     mask: Path = typer.Argument(..., help="Mask image, same size: white = repaint (L, RGB or RGBA)."),
     prompt: str = typer.Argument(..., help="What to paint into the masked region."),
     method: str = typer.Option("model", "--method", help="model (inpainting U-Net), blend (latent blending) or repaint."),
-    blend: str = typer.Option("laplacian", "--blend", help="Compositing: laplacian (default: the most coherent fill measured), alpha or poisson (seam-aware)."),
+    blend: str = typer.Option(DEFAULT_BLEND, "--blend", help="Compositing: laplacian (default: the most coherent fill measured), alpha or poisson (seam-aware)."),
     color_match: bool = typer.Option(False, "--color-match", help="Match the generated colours to the surroundings."),
     feather: float = typer.Option(0.0, "--feather", help="Inward Gaussian feathering radius of the mask, 0-256 px "
                                   "(--limit radius=R)."),
