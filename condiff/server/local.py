@@ -31,6 +31,9 @@ def free_port() -> int:
 
 
 def _ready(url: str) -> bool:
+    """Whether the local server answers ``url`` with 200 (loopback only: nothing here leaves the machine)."""
+    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        raise ValueError(f"{url}: local_server only polls 127.0.0.1")
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
