@@ -199,13 +199,20 @@ def run_toy(
         sliced_w_exact_denoiser=sliced_wasserstein(exact_samples, fresh),
         train_seconds=round(train_seconds, 3),
         steps=fit.step,
-        final_loss=fit.history[-1]["loss"] if fit.history else math.nan,
+        final_loss=fit.history[-1]["loss"] if fit.history else _last_logged_loss(out),
     )
     if not math.isfinite(result.sliced_w):
         raise FloatingPointError("the trained toy model produced non-finite samples")
     if out is not None and trainer.dist.is_main:
         _write_outputs(out, config, denoiser, samples, data, result)
     return result
+
+
+def _last_logged_loss(out: Path | None) -> float:
+    """The loss of the last step in ``out/metrics.jsonl`` (a resumed run that had nothing left to do)."""
+    lines = (out / "metrics.jsonl").read_text().splitlines() if out is not None and (out / "metrics.jsonl").exists() else []
+    lines = [ln for ln in lines if ln.strip()]
+    return float(json.loads(lines[-1])["loss"]) if lines else math.nan
 
 
 def _write_outputs(out: Path, config: ToyConfig, denoiser: NetworkDenoiser, samples: Tensor, data: Tensor,

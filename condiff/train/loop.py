@@ -413,7 +413,6 @@ class Trainer:
             kept = [ln for ln in metrics.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= self.step]
             with atomic_path(metrics) as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in kept))
-            self.history = [json.loads(ln) for ln in kept]  # the curve so far: a finished run resumes with its record
         elif not resumed:
             ckdir = self.checkpoint_dir
             if ckdir is not None and (ckdir / LATEST).exists():
