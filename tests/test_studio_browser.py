@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +21,6 @@ import pytest
 from PIL import Image
 
 CHROMIUM = "/usr/bin/chromium"
-ROOT = Path(__file__).resolve().parents[1]
 BODY_LIMIT = 2_000_000  # --max-body-bytes of the server under test
 STEPS = 4
 
@@ -39,35 +36,18 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright (
 def studio(tmp_path_factory):
     """``condiff studio`` on a free port; yields its base URL. Outputs and the library go to a temp folder.
     (``CONDIFF_TEST_STUDIO_URL`` points the test at a studio already running instead.)"""
-    from condiff.server.local import _ready, free_port
+    from condiff.server.local import local_server
 
     if os.environ.get("CONDIFF_TEST_STUDIO_URL"):
         yield os.environ["CONDIFF_TEST_STUDIO_URL"].rstrip("/")
         return
 
     tmp = tmp_path_factory.mktemp("studio")
-    port = free_port()
     # the page's pictures are compared with the pipeline's pixels: no watermark on them (its own tests are elsewhere)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TMPDIR=str(tmp), CONDIFF_CACHE=str(tmp / "cache"),
-               CONDIFF_WATERMARK="0")
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 -- closed below, after the server
-    proc = subprocess.Popen([sys.executable, "-m", "condiff.cli", "studio", "--port", str(port), "--device", "cpu",
-                             "--max-body-bytes", str(BODY_LIMIT)], cwd=ROOT, env=env, stdout=log, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        end = time.time() + 240
-        while not _ready(base + "/studio/config"):
-            assert proc.poll() is None, (tmp / "server.log").read_text()[-3000:]
-            assert time.time() < end, "condiff studio did not start within 240 s"
-            time.sleep(0.5)
+    env = dict(TMPDIR=str(tmp), CONDIFF_CACHE=str(tmp / "cache"), CONDIFF_WATERMARK="0")
+    with local_server(["--device", "cpu", "--max-body-bytes", str(BODY_LIMIT)], command="studio",
+                      ready_path="/studio/config", env=env, log_path=tmp / "server.log", start_timeout=240) as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,40 +29,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ready(url: str) -> bool:
-    """Whether the local server answers ``url`` with 200 (loopback only: nothing here leaves the machine)."""
-    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
-        raise ValueError(f"{url}: local_server only polls 127.0.0.1")
+def _ready(port: int, path: str) -> bool:
+    """Whether the server on 127.0.0.1:``port`` answers ``GET path`` with 200 (loopback only)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
         return False
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager
-def local_server(args: Sequence[str] = (), *, threads: int = 1, start_timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``condiff serve --host 127.0.0.1 --port P ARGS`` until the block ends (then terminate it)."""
+def local_server(args: Sequence[str] = (), *, command: str = "serve", ready_path: str = "/sdapi/v1/sd-models",
+                 threads: int = 1, env: dict[str, str] | None = None, log_path: Path | None = None,
+                 start_timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``condiff COMMAND --host 127.0.0.1 --port P ARGS`` (``serve`` or ``studio``) until the block ends
+    (then terminate it). ``env`` adds environment variables; the server's log goes to ``log_path``
+    (default: a temporary file) — a file, not a pipe, so that the log never blocks the server."""
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads))
-    log = tempfile.TemporaryFile()  # a file, not a pipe: the server's log must never block it
-    proc = subprocess.Popen([sys.executable, "-m", "condiff.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{port}"
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), **(env or {}))
+    log = open(log_path, "w+b") if log_path is not None else tempfile.TemporaryFile()  # noqa: SIM115 -- closed below
+    proc = subprocess.Popen([sys.executable, "-m", "condiff.cli", command, "--host", "127.0.0.1", "--port", str(port),
+                             *args], cwd=ROOT, env=full_env, stdout=log, stderr=log)
     try:
         end = time.time() + start_timeout
-        while not _ready(base + "/sdapi/v1/sd-models"):
+        while not _ready(port, ready_path):
             if proc.poll() is not None:
                 log.seek(0)
-                raise RuntimeError("condiff serve exited during start-up: " + log.read().decode()[-2000:])
+                raise RuntimeError(f"condiff {command} exited during start-up: " + log.read().decode()[-3000:])
             if time.time() > end:
-                raise RuntimeError(f"condiff serve did not answer within {start_timeout:g} s")
+                raise RuntimeError(f"condiff {command} did not answer within {start_timeout:g} s")
             time.sleep(0.5)
-        yield base, proc
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
