@@ -23,7 +23,7 @@ rm -rf "$S"; mkdir -p "$S/w" "$S/whl" "$S/tests"
 tar cf - --exclude=condiff/weights --exclude=__pycache__ condiff bench | (cd "$S" && tar xf -)
 cp tests/test_half_precision.py tests/conftest.py "$S/tests/"
 cp -r condiff/weights/ldm condiff/weights/vae "$S/w/"
-PYTHONPATH=. "$PY" -m training.bundle --frequent --out "$S/_minilm"   # the 10k frequent word pieces: any plain prompt
+PYTHONPATH=. "$PY" -m training.bundle --out "$S/_minilm"   # the word pieces of the world's captions and the experiments
 "$PY" -m pip download -q --no-deps --only-binary=:all: -d "$S/whl" "diffusers==0.39.0"
 
 cat > "$S/common.sh" <<'EOF'
