@@ -11,6 +11,8 @@ like on one card. Sections (``--sections``, comma separated):
 * ``e2e``: 512², 30 DPM-Solver++(2M) steps, CFG 7.5, batch 1/4/8: condiff's text2img.generate
   vs diffusers' StableDiffusionPipeline (``--e2e-compiled`` adds compiled runs);
 * ``builtin``: condiff's built-in model, 128², batch 64, default steps;
+* ``fp8``: FP8 linears (condiff.fp8, Ada/Hopper): PSNR / LPIPS-like of the images against the same seeds
+  without them (built-in model and the SD shape) and the SD-shaped end-to-end time;
 * ``profile``: torch.profiler of condiff's CFG step: share of kernel time in attention,
   convolutions, matrix products, norms and the rest, and the launch gaps (wall − kernel time).
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import statistics
 import sys
 import time
@@ -42,12 +45,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from condiff import acceleration as acc  # noqa: E402
+from condiff.fp8 import fp8_supported, from_float8  # noqa: E402
 from condiff.denoisers import Cond  # noqa: E402
 from condiff.models.ldm import LatentDiffusion  # noqa: E402
 from condiff.models.sd_configs import CLIP_L_TEXT, SD_VARIANTS  # noqa: E402
 from condiff.schedules import DiscreteSchedule  # noqa: E402
 
 RESULTS: dict = {}
+FP8 = acc.SpeedOptions(channels_last=True, fp8=True)
+CUDA_GRAPHS = acc.SpeedOptions(fused_qkv=True, channels_last=True, compile=True, cuda_graphs=True)
 OUT: Path = Path(".")
 SECTION = "all"
 
@@ -275,10 +281,19 @@ def section_step(args, dtype, parts):
             reset_condiff(model)
             compiled = torch.compile(ref_unet, fullgraph=True, dynamic=False, mode=mode)
             run(f"step.diffusers.compile[{mode}]", diffusers_step_fn(compiled, x, ctx), compile_first=True)
+    if fp8_supported(x.device):
+        acc.accelerate(model, FP8)
+        run("step.condiff.fp8", condiff_step_fn(model, x, ctx))
+        reset_condiff(model)
+        for mode in args.compile_modes if args.compile else ():
+            acc.accelerate(model, replace(FP8, compile=True, cuda_graphs=mode == "reduce-overhead", compile_mode=mode))
+            run(f"step.condiff.fp8+compile[{mode}]", condiff_step_fn(model, x, ctx), compile_first=True)
+            reset_condiff(model)
 
 
 def reset_condiff(model) -> None:
-    """Undo speed options (eager, unfused, contiguous) between measurements."""
+    """Undo speed options (eager, unfused, FP32/bf16 linears, contiguous) between measurements."""
+    from_float8(model.unet)
     for net in (model.unet, model.vae):
         acc.fuse_qkv(net, False)
         net.to(memory_format=torch.contiguous_format)
@@ -353,12 +368,17 @@ def section_e2e(args, dtype, parts):
         run(f"e2e.condiff.fast.b{b}", ours(b), b)
     if args.e2e_compiled:
         acc.accelerate(model, acc.COMPILE)
-        for b in args.batches:
+        for b in args.compiled_batches:
             run(f"e2e.condiff.compile.b{b}", ours(b), b, compile_first=True)
         pipe.unet = torch.compile(ref_unet, fullgraph=True, dynamic=False)
         pipe.vae.decoder = torch.compile(ref_vae.decoder, fullgraph=True, dynamic=False)
-        for b in args.batches:
+        for b in args.compiled_batches:
             run(f"e2e.diffusers.compile.b{b}", theirs(b), b, compile_first=True)
+        reset_condiff(model)
+        if model.device.type == "cuda":
+            acc.accelerate(model, CUDA_GRAPHS)
+            for b in args.compiled_batches:
+                run(f"e2e.condiff.cudagraphs.b{b}", ours(b), b, compile_first=True)
     reset_condiff(model)
 
 
@@ -384,6 +404,45 @@ def section_builtin(args, dtype, _parts):
     if args.compile:
         acc.accelerate(model, acc.COMPILE)
         guard("builtin.compile", lambda: go("builtin.compile"))
+
+
+def section_fp8(args, dtype, parts):
+    """Images with FP8 linears against the same seeds in ``dtype``: PSNR and LPIPS-like distance (built-in
+    model, 128², batch 16; the SD-shaped random model, 512², batch 2) and the SD-shaped end-to-end time."""
+    from condiff.metrics.perceptual import filter_bank_distance
+    from condiff.models.registry import load_model
+    from condiff.pipelines.text2img import generate
+
+    if not fp8_supported(torch.device(args.device)):
+        record("fp8.error", "FP8 needs compute capability 8.9+")
+        return
+
+    def compare(name, model, draw):
+        want = draw()
+        acc.accelerate(model, FP8)
+        got = draw()
+        mse = ((got - want) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-12)
+        record(name, {"psnr_db": round(float((10 * torch.log10(1 / mse)).mean()), 2),
+                      "lpips_like": round(float(filter_bank_distance(got.float().cpu(), want.float().cpu()).mean()), 4),
+                      "max_abs": round(float((got - want).abs().max()), 4), "images": int(want.shape[0])})
+
+    builtin = load_model("builtin", device=args.device, dtype=dtype)
+    guard("fp8.quality.builtin", lambda: compare("fp8.quality.builtin", builtin, lambda: generate(
+        builtin, "a red circle on a blue background", batch_size=16, seed=0, show_progress=False).images.float()))
+    _, unet, _, vae, text = parts
+    model = condiff_model(unet, vae, text)
+    size = 512 if not args.tiny else 128
+    guard("fp8.quality.sd_shape", lambda: compare("fp8.quality.sd_shape", model, lambda: generate(
+        model, "a photograph of an astronaut riding a horse", batch_size=2, steps=args.steps, height=size, width=size,
+        seed=0, show_progress=False).images.float()))
+    for b in args.batches:
+        def go(b=b):
+            fn = lambda: generate(model, "a photograph of an astronaut riding a horse", batch_size=b,  # noqa: E731
+                                  steps=args.steps, guidance=7.5, height=size, width=size, show_progress=False)
+            t = timed(fn, args.e2e_repeats, warmup=1)
+            record(f"e2e.condiff.fp8.b{b}", {"batch": b, **t, "images_per_s": round(b / (t["ms"] / 1e3), 3)})
+        guard(f"e2e.condiff.fp8.b{b}", go)
+    reset_condiff(model)
 
 
 CATEGORIES = (
@@ -445,7 +504,7 @@ def section_profile(args, dtype, parts):
 
 
 SECTIONS = {"step": section_step, "text": section_text_vae, "e2e": section_e2e, "builtin": section_builtin,
-            "profile": section_profile}
+            "profile": section_profile, "fp8": section_fp8}
 
 
 def main(argv=None) -> None:
@@ -460,6 +519,7 @@ def main(argv=None) -> None:
     p.add_argument("--e2e-repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batches", default="1,4,8")
+    p.add_argument("--compiled-batches", default="1,8", help="batch sizes of the compiled end-to-end runs")
     p.add_argument("--builtin-batch", type=int, default=64)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-modes", default="default", help="comma list: default,max-autotune-no-cudagraphs,reduce-overhead")
@@ -467,6 +527,7 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
+    args.compiled_batches = [int(b) for b in args.compiled_batches.split(",") if b]
     args.compile_modes = [None if m == "default" else m for m in args.compile_modes.split(",")]
     args.step_tflop = 1.607 if not args.tiny else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]

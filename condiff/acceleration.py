@@ -18,6 +18,10 @@ option              what it does                                               e
 ``vae_tiling``      decode latents larger than ``tile`` in overlapping tiles   tile seams: the
                     with linear blending (bounded memory for large images)     decoder's GroupNorm
                                                                                sees tile statistics
+``fp8``             the U-Net's attention/feed-forward linear layers as FP8    e4m3 rounding of
+                    (e4m3, row-wise scales) matrix products, :mod:`condiff.    activations and
+                    fp8` (Ada/Hopper GPUs only; opt-in)                        weights: measured
+                                                                               vs bf16 in bench/
 ==================  =========================================================  ==================
 
 Classifier-free guidance already evaluates both branches as one batched call
@@ -52,6 +56,7 @@ class SpeedOptions:
     compile: bool = False
     cuda_graphs: bool = False
     vae_tiling: bool = False
+    fp8: bool = False
     tile: int = 64  # latent pixels per tile side
     tile_overlap: int = 16
     backend: str = "inductor"
@@ -60,6 +65,8 @@ class SpeedOptions:
     def validate(self) -> "SpeedOptions":
         if self.cuda_graphs and not self.compile:
             raise InputError("cuda_graphs needs compile=True (CUDA graphs are captured by torch.compile)")
+        if self.fp8 and self.fused_qkv:
+            raise InputError("fp8 replaces the projections that fused_qkv would stack; choose one of them")
         if not 0 <= self.tile_overlap < self.tile // 2:
             raise InputError(f"tile_overlap must lie in [0, tile/2), got {self.tile_overlap} for tile {self.tile}")
         return self
@@ -116,6 +123,10 @@ def accelerate(model: Any, options: SpeedOptions | None = None, **changes) -> An
     nets = _networks(model)
     vae = getattr(model, "vae", None)
     for net in nets:
+        if options.fp8:
+            from .fp8 import to_float8
+
+            to_float8(net)  # DeviceError where no FP8 tensor cores exist
         if options.fused_qkv:
             fuse_qkv(net)
         if options.channels_last:
