@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ from .samplers import sample
 from .schedules import DiscreteSchedule
 from .testing.gmm import GaussianMixture, GMMDenoiser, sliced_wasserstein, two_moons_mixture
 from .train.distributed import DistContext
-from .train.loop import DiffusionObjective, TrainConfig, Trainer
+from .train.loop import DiffusionObjective, TrainConfig, Trainer, check_option_names
 
 __all__ = ["TOY_LOSSES", "ToyConfig", "ToyResult", "build_toy", "toy_dataset", "sample_toy", "run_toy", "run_recipe"]
 
@@ -78,10 +78,7 @@ class ToyConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ToyConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown toy option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_option_names(cls, d, "toy")
         return cls(**d).validate()
 
 
@@ -156,6 +153,7 @@ def _save_scatter(path: Path, samples: Tensor, data: Tensor, title: str) -> None
     plt.close(fig)
 
 
+# the keyword parameters are run_recipe's on purpose: every recipe function takes them (condiff.train's contract)
 def run_toy(
     config: ToyConfig,
     out_dir: str | Path | None = None,

@@ -243,7 +243,7 @@ def test_training_command_line_per_method(tmp_path):
     app = typer.Typer()  # every flag exists in the CLI
     personalize.register(app)
     for args in (lora, ti, db):
-        result = CliRunner().invoke(app, [*args[:2], "--help"])
+        result = CliRunner().invoke(app, [*args[:2], "--help"], env={"COLUMNS": "200"})  # no flag wrapped in two
         flags = {a for a in args if a.startswith("--")}
         assert result.exit_code == 0 and all(f in result.output for f in flags), flags
 

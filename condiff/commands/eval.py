@@ -6,6 +6,7 @@ with ``--overwrite``; the check runs before the measurement). The measurements a
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,7 +14,7 @@ from typing import Callable, Optional
 import typer
 
 from ..errors import InputError
-from ._common import DEVICE_OPT, OVERWRITE_OPT
+from ._common import DEVICE_OPT, OVERWRITE_OPT, with_options
 
 WORLD_OPT = typer.Option(Path("build/world"), "--world",
                          help="A built world (condiff data build … --out build/world); its held-out records are used.")
@@ -33,6 +34,26 @@ def _measure(out: Optional[Path], overwrite: bool, run: Callable[[], dict | list
     if out is not None:
         with atomic_path(out) as tmp:
             tmp.write_text(text)
+
+
+#: the options of every measurement: where its JSON report goes
+_REPORT = [("out", Optional[Path], OUT_OPT), ("overwrite", bool, OVERWRITE_OPT)]
+
+
+def _measurement(ev: typer.Typer, name: str) -> Callable:
+    """Register ``fn(**options)`` as ``eval NAME`` with --out and --overwrite added: ``fn`` checks its options and
+    returns the measurement, which :func:`_measure` runs once ``--out`` is checked."""
+
+    def deco(fn: Callable) -> Callable:
+        @with_options(report=_REPORT)
+        @functools.wraps(fn)
+        def command(report: dict, **options) -> None:
+            _measure(report["out"], report["overwrite"], fn(**options))
+
+        ev.command(name)(command)
+        return fn
+
+    return deco
 
 
 def _model_and_encoder(device: Optional[str]):
@@ -69,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _register_adherence(ev: typer.Typer) -> None:
-    @ev.command("adherence")
+    @_measurement(ev, "adherence")
     def adherence(
         world: Path = WORLD_OPT,
         n: int = typer.Option(200, "--n", help="Held-out prompts (200: the model card's figure)."),
@@ -82,9 +103,7 @@ def _register_adherence(ev: typer.Typer) -> None:
         listing: bool = typer.Option(False, "--list", help="Record every prompt's ranks and top concepts (needed by "
                                                           "`condiff eval paired`)."),
         device: Optional[str] = DEVICE_OPT,
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """Prompt adherence: share of held-out captions whose concept condiff-evalenc ranks in the top 5 of all concept
         prompts for the generated picture (and for the real one), split by the concept's training-picture count."""
         from condiff.evaluation.adherence import adherence_report
@@ -97,15 +116,13 @@ def _register_adherence(ev: typer.Typer) -> None:
             return _timed(lambda: adherence_report(model, enc, _world(world), n=n, offset=offset, sampler=sampler,
                                                    steps=steps, guidance=guidance, batch=batch, listing=listing))
 
-        _measure(out, overwrite, run)
+        return run
 
-    @ev.command("paired")
+    @_measurement(ev, "paired")
     def paired(
         a: Path = typer.Argument(..., help="Report A of `condiff eval adherence --list`."),
         b: Path = typer.Argument(..., help="Report B over the same prompts (same --offset and --n)."),
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """Paired adherence difference of two runs over the same prompts: top-5 rate of A minus B with a paired
         bootstrap 95 % interval, and how many prompts only A and only B get."""
         from condiff.evaluation.adherence import paired_adherence
@@ -119,11 +136,11 @@ def _register_adherence(ev: typer.Typer) -> None:
                     raise InputError(f"{path} is not a JSON report ({err}); pass reports of `condiff eval adherence`")
             return paired_adherence(*reports, names=(str(a), str(b)))
 
-        _measure(out, overwrite, run)
+        return run
 
 
 def _register_image_edits(ev: typer.Typer) -> None:
-    @ev.command("controlnet-scale")
+    @_measurement(ev, "controlnet-scale")
     def controlnet_scale(
         world: Path = WORLD_OPT,
         kinds: str = typer.Option("normal,lineart", "--kinds", help="Shipped ControlNets, comma-separated."),
@@ -131,9 +148,7 @@ def _register_image_edits(ev: typer.Typer) -> None:
         n: int = typer.Option(32, "--n", help="Held-out conditions per kind."),
         steps: int = typer.Option(20, "--steps", help="Sampler steps."),
         device: Optional[str] = DEVICE_OPT,
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """ControlNet adherence over the conditioning scale: outputs with and without the ControlNet (same prompts and
         seeds) run back through the condition's preprocessor and scored against the held-out condition (edge F1,
         depth AbsRel, normal angle, pose PCK), with the real pictures as the ceiling."""
@@ -152,17 +167,15 @@ def _register_image_edits(ev: typer.Typer) -> None:
                     for k in (k.strip() for k in kinds.split(",")) if k}
             return scale_sweep(load_model("builtin", device=dev), _world(world), nets, values, n=n, steps=steps)
 
-        _measure(out, overwrite, run)
+        return run
 
-    @ev.command("sdedit-strength")
+    @_measurement(ev, "sdedit-strength")
     def sdedit_strength(
         world: Path = WORLD_OPT,
         n: int = typer.Option(32, "--n", help="Held-out sketches."),
         batch: int = typer.Option(16, "--batch", help="Pictures edited at once."),
         device: Optional[str] = DEVICE_OPT,
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """SDEdit faithfulness vs. realism over the strength t0 (thesis Fig. 4.2): SSIM/RMSE to the input sketch and
         evalenc similarity to the caption and to the real picture, per t0 in 0, .2, …, 1."""
         from condiff.evaluation.sdedit import sdedit_sweep
@@ -171,13 +184,11 @@ def _register_image_edits(ev: typer.Typer) -> None:
             model, enc = _model_and_encoder(device)
             return _timed(lambda: sdedit_sweep(model, enc, _world(world).eval, n=n, batch=batch))
 
-        _measure(out, overwrite, run)
+        return run
 
 
 def _register_inpainting(ev: typer.Typer) -> None:
-    # The two signatures below look alike to a duplicate finder: Typer declares a command's options in its own
-    # signature; what they share is already the module's option constants (WORLD_OPT, OUT_OPT, MASK_HELP, …).
-    @ev.command("inpainting-paired")
+    @_measurement(ev, "inpainting-paired")
     def inpainting_paired(
         world: Path = WORLD_OPT,
         guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance of both methods (default: the model's, 5)."),
@@ -185,9 +196,7 @@ def _register_inpainting(ev: typer.Typer) -> None:
         mask: str = typer.Option("box", "--mask", help=MASK_HELP),
         batch: int = typer.Option(25, "--batch", help="Pictures inpainted at once."),
         device: Optional[str] = DEVICE_OPT,
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """Inpainting U-Net vs. zero-shot latent blend, paired on the same pictures, prompts and seeds: evalenc
         similarity of the composite (and of the masked region) to the caption, and the error outside the mask."""
         from condiff.evaluation.inpainting import evaluate_inpainting, inpaint_eval_records
@@ -200,18 +209,16 @@ def _register_inpainting(ev: typer.Typer) -> None:
                                    "n": len(pick)})
 
         _check_mask(mask)
-        _measure(out, overwrite, run)
+        return run
 
-    @ev.command("seam")
+    @_measurement(ev, "seam")
     def seam(
         world: Path = WORLD_OPT,
         n: int = typer.Option(48, "--n", help="Held-out pictures."),
         mask: str = typer.Option("subject", "--mask", help=MASK_HELP),
         batch: int = typer.Option(16, "--batch", help="Pictures inpainted at once."),
         device: Optional[str] = DEVICE_OPT,
-        out: Optional[Path] = OUT_OPT,
-        overwrite: bool = OVERWRITE_OPT,
-    ) -> None:
+    ) -> Callable[[], dict | list]:
         """Seam error the compositing adds: inpainting outputs pasted back with alpha, Laplacian and Poisson blending
         (with and without colour matching), seam(composite) − seam(original), and the change outside the mask."""
         from condiff.evaluation.inpainting import seam_report
@@ -222,7 +229,7 @@ def _register_inpainting(ev: typer.Typer) -> None:
             return _timed(lambda: seam_report(model, _world(world).eval, n=n, mask=mask, batch=batch))
 
         _check_mask(mask)
-        _measure(out, overwrite, run)
+        return run
 
 
 def _check_mask(mask: str) -> None:

@@ -77,6 +77,11 @@ class Job:
     def checkpoint(self) -> Path:
         return self.work / "checkpoint.pt"
 
+    def settings(self, lr: float) -> dict[str, Any]:
+        """The loop settings of the method's config (:class:`condiff.personalize.train_common.TrainSettings`)."""
+        return dict(steps=self.steps, lr=lr, seed=self.seed, batch_size=self.batch_size,
+                    checkpoint_every=self.checkpoint_every, progress=self.progress)
+
     def check(self, suffixes: tuple[str, ...]) -> None:
         """Everything that can be checked before the model loads."""
         V.check_steps(self.steps, "--steps", allow_none=False, training=True)
@@ -146,6 +151,8 @@ def training_command(group: typer.Typer, name: str, suffixes: tuple[str, ...]) -
     return deco
 
 
+# The three methods' --token, --class-noun and --lr look alike to a duplicate finder but differ in default and help
+# (each method's thesis value); the options they share are _SHARED, passed in as ``job``.
 def dreambooth(
     job: Job,
     token: str = typer.Option("sks", "--token", help="The rare identifier word (see `personalize identifier`)."),
@@ -164,12 +171,11 @@ def dreambooth(
     V.check_prompt(token, "--token")
     V.check_prompt(class_noun, "--class-noun")
     ldm, subject = job.start()
-    cfg = DreamBoothConfig(identifier=token, class_noun=class_noun, steps=job.steps, lr=lr, seed=job.seed,
-                           prior_weight=prior_weight, prior_preservation=prior_weight > 0,
-                           num_class_images=num_class_images, class_steps=class_steps,
-                           train_text_encoder=train_text_encoder, gradient_checkpointing=gradient_checkpointing,
-                           use_8bit_adam=use_8bit_adam, batch_size=job.batch_size,
-                           checkpoint_every=job.checkpoint_every, progress=job.progress)
+    cfg = DreamBoothConfig(identifier=token, class_noun=class_noun, prior_weight=prior_weight,
+                           prior_preservation=prior_weight > 0, num_class_images=num_class_images,
+                           class_steps=class_steps, train_text_encoder=train_text_encoder,
+                           gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+                           **job.settings(lr))
     typer.echo(f"identifier {token!r}: {identifier_line(ldm, token)}", err=True)
     result = train_dreambooth(ldm, subject, cfg, class_cache=job.work / "class-images", checkpoint=job.checkpoint,
                               resume=job.resume)
@@ -199,8 +205,7 @@ def lora(
     tgt: dict[str, Any] = {"unet": targets}
     if text_targets:
         tgt["text_encoder"] = text_targets
-    cfg = LoRATrainConfig(rank=rank, alpha=alpha, targets=tgt, steps=job.steps, lr=lr, seed=job.seed,
-                          batch_size=job.batch_size, checkpoint_every=job.checkpoint_every, progress=job.progress)
+    cfg = LoRATrainConfig(rank=rank, alpha=alpha, targets=tgt, **job.settings(lr))
     result = train_lora(ldm, subject, caps, cfg, checkpoint=job.checkpoint, resume=job.resume, out=job.out,
                         layout=layout, overwrite=job.overwrite, name=job.out.stem)
     job.report("lora", result.loop, {"layout": layout, "modules": len(result.network),
@@ -220,7 +225,6 @@ def _read_captions(captions: Optional[Path]) -> dict | None:
     return given
 
 
-# (same shape as dreambooth's option list: different options, defaults and help of one kind of declaration)
 def textual_inversion(
     job: Job,
     token: str = typer.Option("<sks>", "--token", help="The new placeholder word."),
@@ -238,8 +242,7 @@ def textual_inversion(
     V.check_choice("--format", fmt, ("a1111", "a1111-pt", "diffusers"))
     ldm, subject = job.start()
     cfg = TextualInversionConfig(token=token, initializer=initializer or class_noun, num_vectors=num_vectors,
-                                 learnable=learnable, steps=job.steps, lr=lr, batch_size=job.batch_size,
-                                 seed=job.seed, checkpoint_every=job.checkpoint_every, progress=job.progress)
+                                 learnable=learnable, **job.settings(lr))
     result = train_textual_inversion(ldm, subject, cfg, checkpoint=job.checkpoint, resume=job.resume, out=job.out,
                                      out_format=fmt, overwrite=job.overwrite)
     job.report("textual-inversion", result.loop, {"format": fmt, "vectors": result.embedding.num_vectors})

@@ -159,7 +159,25 @@ def build_world(out_dir: str | Path, sets: list[IconSet], *, version: str = "1",
     for old in list(out.glob("shard-*.npz")) + list(out.glob("shard-*.json")):
         old.unlink()
     workers = max(1, workers or os.cpu_count() or 1)
-    shard_size = cfg["shard_size"]
+    shards, thumbs, hashes = _render_shards(out, specs, size, be.name, version, cfg["shard_size"], workers, progress)
+    seconds = time.time() - t0
+
+    check = near_duplicate_check(held_out_images or [], np.stack(thumbs), hashes,
+                                 [s["id"] for s in specs]) if held_out_images else None
+    figures = n_fig if limit is None else sum(s["kind"] == "figure" for s in specs)
+    manifest = _manifest(specs, sets, shards, check, version=version, seed=seed, size=size, small=small,
+                         backend=be.name, figures=figures, exclude=exclude)
+    write_json(out / "manifest.json", manifest)
+    write_json(out / "build_info.json", {"seconds": round(seconds, 2), "workers": workers, "cpu_count": os.cpu_count(),
+                                         "python": platform.python_version(), "platform": platform.platform(),
+                                         "records_per_second": round(len(specs) / max(seconds, 1e-9), 1)})
+    return manifest
+
+
+def _render_shards(out: Path, specs: list[dict], size: int, backend: str, version: str, shard_size: int,
+                   workers: int, progress=None) -> tuple[list[dict], list[np.ndarray], set[str]]:
+    """Render ``specs`` (in ``workers`` processes) into ``shard-NNNNN.npz``/``.json`` files of ``shard_size``
+    records, written by two threads meanwhile; returns (shard entries of the manifest, thumbnails, pixel hashes)."""
     shards, pending, thumbs, hashes = [], [], [], set()
     buf_arrays: list[dict] = []
     buf_meta: list[dict] = []
@@ -177,11 +195,11 @@ def build_world(out_dir: str | Path, sets: list[IconSet], *, version: str = "1",
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
     with ThreadPoolExecutor(max_workers=2) as writer:
         if workers == 1:
-            _init_worker(size, be.name, version)
+            _init_worker(size, backend, version)
             results = map(_work, specs)
             pool = None
         else:
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(size, be.name, version))
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(size, backend, version))
             results = pool.imap(_work, specs, chunksize=8)
         try:
             for i, (spec, res) in enumerate(zip(specs, results)):
@@ -203,21 +221,24 @@ def build_world(out_dir: str | Path, sets: list[IconSet], *, version: str = "1",
             shards[idx]["sha256"] = f_npz.result()
             shards[idx]["index_sha256"] = f_json.result()
             shards[idx]["bytes"] = (out / shards[idx]["file"]).stat().st_size
-    seconds = time.time() - t0
+    return shards, thumbs, hashes
 
+
+def _manifest(specs: list[dict], sets: list[IconSet], shards: list[dict], image_check: dict | None, *, version: str,
+              seed: int, size: int, small: bool, backend: str, figures: int,
+              exclude: frozenset[tuple[str, str]]) -> dict:
+    """``manifest.json`` of a built world: its settings, counts per style and category, shards and held-out checks."""
     styles: dict[str, int] = {}
     categories: dict[str, int] = {}
     for s in specs:
         styles[s["style"]] = styles.get(s["style"], 0) + 1
         categories[s["category"]] = categories.get(s["category"], 0) + 1
-    ids = [s["id"] for s in specs]
     leak_captions = sum(is_held_out(c) for s in specs for c in s["captions"])
-    check = near_duplicate_check(held_out_images or [], np.stack(thumbs), hashes, ids) if held_out_images else None
-    manifest = {
+    return {
         "format": WORLD_FORMAT, "version": version, "seed": int(seed), "size": size, "small": bool(small),
-        "backend": be.name, "records": len(specs), "concepts": len({s["concept"] for s in specs}),
+        "backend": backend, "records": len(specs), "concepts": len({s["concept"] for s in specs}),
         "styles": dict(sorted(styles.items())), "categories": dict(sorted(categories.items())),
-        "figures": n_fig if limit is None else sum(s["kind"] == "figure" for s in specs),
+        "figures": figures,
         "flippable": sum(s["flippable"] for s in specs),
         "arrays": {"image": "N×H×W×3 uint8", "lineart": "N×H×W uint8, white lines on black",
                    "depth": "N×H×W uint8, bright = near", "regions": "N×H×W uint8, 0 = background, k = layer group",
@@ -225,12 +246,7 @@ def build_world(out_dir: str | Path, sets: list[IconSet], *, version: str = "1",
         "shards": shards, "shard_bytes": sum(s["bytes"] for s in shards),
         "sets": [s.meta() | {"style": s.style, "icons_used": styles.get(s.style, 0)} for s in sets],
         "held_out": {"concept": HELD_OUT.name, "class_noun": HELD_OUT.class_noun, "caption_mentions": leak_captions,
-                     "image_check": check},
+                     "image_check": image_check},
         "excluded_experiment_inputs": sorted(f"{a}/{b}" for a, b in exclude),
-        "config": cfg,
+        "config": VERSIONS[version],
     }
-    write_json(out / "manifest.json", manifest)
-    write_json(out / "build_info.json", {"seconds": round(seconds, 2), "workers": workers, "cpu_count": os.cpu_count(),
-                                         "python": platform.python_version(), "platform": platform.platform(),
-                                         "records_per_second": round(len(specs) / max(seconds, 1e-9), 1)})
-    return manifest

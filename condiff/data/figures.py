@@ -106,6 +106,30 @@ def sample_figure(rng: np.random.Generator, size: int = 128, family: str | None 
     long_hair = bool(rng.random() < 0.4)
     width = float(rng.uniform(0.9, 1.15))
 
+    joints, head = _joints(ang, width)
+    pts = [joints[name] for name in _OPENPOSE]
+    pen = _Pen.fitting(pts, head, outline=style == "figure-outline")
+    colours = dict(skin=skin[1], hair=hair[1], shirt=shirt[1], trousers=trousers[1], shoes=shoes[1])
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 128 128">'
+           + "".join(_body_parts(pen, joints, head, colours, long_hair)) + "</svg>")
+    kp = np.zeros((18, 3), np.float32)
+    k = size / 128.0
+    for i, p in enumerate(pts):
+        q = pen.t(p) * k
+        kp[i] = (q[0], q[1], 1.0)
+    facts = dict(family=family, skin=skin[0], hair=hair[0], shirt=shirt[0], trousers=trousers[0], shoes=shoes[0],
+                 long_hair=long_hair)
+    return Figure(svg=svg, keypoints=kp, family=family, style=style, facts=facts)
+
+
+#: the joints in OpenPose/COCO keypoint order (:data:`condiff.preprocess.pose.KEYPOINT_NAMES`)
+_OPENPOSE = ("nose", "neck", "sh_r", "el_r", "wr_r", "sh_l", "el_l", "wr_l", "hip_r", "kn_r", "an_r", "hip_l", "kn_l",
+             "an_l", "eye_r", "eye_l", "ear_r", "ear_l")
+
+
+def _joints(ang: dict[str, float], width: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(joint positions in figure units, neck at the origin and y down; the head's centre) of the angles ``ang``
+    and the shoulder/hip ``width`` factor."""
     neck = np.array([0.0, 0.0])
     head = neck + np.array([0.0, -_HEAD - 3.0])
     sh_r, sh_l = neck + np.array([-_SHOULDER * width, 3.0]), neck + np.array([_SHOULDER * width, 3.0])
@@ -118,73 +142,84 @@ def sample_figure(rng: np.random.Generator, size: int = 128, family: str | None 
     nose = head + np.array([0.0, 2.0])
     eye_r, eye_l = head + np.array([-3.5, -1.0]), head + np.array([3.5, -1.0])
     ear_r, ear_l = head + np.array([-_HEAD, 0.0]), head + np.array([_HEAD, 0.0])
-    pts = [nose, neck, sh_r, el_r, wr_r, sh_l, el_l, wr_l, hip_r, kn_r, an_r, hip_l, kn_l, an_l, eye_r, eye_l, ear_r, ear_l]
+    joints = dict(nose=nose, neck=neck, sh_r=sh_r, el_r=el_r, wr_r=wr_r, sh_l=sh_l, el_l=el_l, wr_l=wr_l, hip_r=hip_r,
+                  kn_r=kn_r, an_r=an_r, hip_l=hip_l, kn_l=kn_l, an_l=an_l, eye_r=eye_r, eye_l=eye_l, ear_r=ear_r,
+                  ear_l=ear_l)
+    return joints, head
 
-    # fit the figure (with limb thickness and head) into the canvas, 10 % margin
-    extent = np.array(pts + [head + [0, -_HEAD - 2], head + [-_HEAD - 2, 0], head + [_HEAD + 2, 0]])
-    lo, hi = extent.min(0) - 5.0, extent.max(0) + 5.0
-    scale = 0.8 * 128 / float(max(hi - lo))
-    offset = np.array([64.0, 64.0]) - scale * (lo + hi) / 2
-    t = lambda p: scale * np.asarray(p) + offset  # noqa: E731
-    k = size / 128.0
 
-    def xy(p) -> str:
-        q = t(p)
+class _Pen:
+    """SVG shapes of figure-unit points mapped into the 128-unit viewBox (``figure-outline``: dark outlines)."""
+
+    def __init__(self, scale: float, offset: np.ndarray, outline: bool):
+        self.scale, self.offset, self.outline = scale, offset, outline
+        self.ol = 1.6 * scale
+
+    @classmethod
+    def fitting(cls, pts: list[np.ndarray], head: np.ndarray, outline: bool) -> "_Pen":
+        """The pen that fits the figure (with limb thickness and head) into the canvas, 10 % margin."""
+        extent = np.array(pts + [head + [0, -_HEAD - 2], head + [-_HEAD - 2, 0], head + [_HEAD + 2, 0]])
+        lo, hi = extent.min(0) - 5.0, extent.max(0) + 5.0
+        scale = 0.8 * 128 / float(max(hi - lo))
+        return cls(scale, np.array([64.0, 64.0]) - scale * (lo + hi) / 2, outline)
+
+    def t(self, p) -> np.ndarray:
+        return self.scale * np.asarray(p) + self.offset
+
+    def xy(self, p) -> str:
+        q = self.t(p)
         return f"{q[0]:.2f} {q[1]:.2f}"
 
-    lw = 7.5 * scale
-    outline = style == "figure-outline"
-    ol = 1.6 * scale
-
-    def stroke_limb(a, b, c, color: str, w: float) -> str:
-        d = f"M{xy(a)}L{xy(b)}L{xy(c)}"
+    def limb(self, a, b, c, color: str, w: float) -> str:
+        d = f"M{self.xy(a)}L{self.xy(b)}L{self.xy(c)}"
         out = ""
-        if outline:
-            out += f'<path d="{d}" fill="none" stroke="#1e1e1e" stroke-width="{w + 2 * ol:.2f}" stroke-linecap="round" stroke-linejoin="round"/>'
+        if self.outline:
+            out += f'<path d="{d}" fill="none" stroke="#1e1e1e" stroke-width="{w + 2 * self.ol:.2f}" stroke-linecap="round" stroke-linejoin="round"/>'
         return out + f'<path d="{d}" fill="none" stroke="{color}" stroke-width="{w:.2f}" stroke-linecap="round" stroke-linejoin="round"/>'
 
-    def disc(c, r: float, color: str) -> str:
-        q = t(c)
-        extra = f' stroke="#1e1e1e" stroke-width="{ol:.2f}"' if outline else ""
-        return f'<circle cx="{q[0]:.2f}" cy="{q[1]:.2f}" r="{r * scale:.2f}" fill="{color}"{extra}/>'
+    @property
+    def edge(self) -> str:
+        """The outline attributes of a filled shape ("" without outlines)."""
+        return f' stroke="#1e1e1e" stroke-width="{self.ol:.2f}"' if self.outline else ""
 
+    def disc(self, c, r: float, color: str) -> str:
+        q = self.t(c)
+        return f'<circle cx="{q[0]:.2f}" cy="{q[1]:.2f}" r="{r * self.scale:.2f}" fill="{color}"{self.edge}/>'
+
+
+def _body_parts(pen: _Pen, j: dict[str, np.ndarray], head: np.ndarray, colours: dict[str, str],
+                long_hair: bool) -> list[str]:
+    """The figure's SVG elements back to front: legs and shoes, torso, arms and hands, hair, neck, head, face."""
+    scale, xy, t = pen.scale, pen.xy, pen.t
+    lw = 7.5 * scale
     parts = [
-        stroke_limb(hip_r, kn_r, an_r, trousers[1], lw * 1.1),
-        stroke_limb(hip_l, kn_l, an_l, trousers[1], lw * 1.1),
-        disc(an_r, 4.2, shoes[1]),
-        disc(an_l, 4.2, shoes[1]),
+        pen.limb(j["hip_r"], j["kn_r"], j["an_r"], colours["trousers"], lw * 1.1),
+        pen.limb(j["hip_l"], j["kn_l"], j["an_l"], colours["trousers"], lw * 1.1),
+        pen.disc(j["an_r"], 4.2, colours["shoes"]),
+        pen.disc(j["an_l"], 4.2, colours["shoes"]),
     ]
-    torso = [sh_r + [-1.5, -1.5], sh_l + [1.5, -1.5], hip_l + [2.0, 2.0], hip_r + [-2.0, 2.0]]
-    extra = f' stroke="#1e1e1e" stroke-width="{ol:.2f}"' if outline else ""
-    parts.append(f'<path d="M{"L".join(xy(p) for p in torso)}Z" fill="{shirt[1]}" stroke-linejoin="round"{extra}/>')
+    torso = [j["sh_r"] + [-1.5, -1.5], j["sh_l"] + [1.5, -1.5], j["hip_l"] + [2.0, 2.0], j["hip_r"] + [-2.0, 2.0]]
+    parts.append(f'<path d="M{"L".join(xy(p) for p in torso)}Z" fill="{colours["shirt"]}" stroke-linejoin="round"{pen.edge}/>')
     parts += [
-        stroke_limb(sh_r, el_r, wr_r, shirt[1], lw),
-        stroke_limb(sh_l, el_l, wr_l, shirt[1], lw),
-        disc(wr_r, 3.6, skin[1]),
-        disc(wr_l, 3.6, skin[1]),
+        pen.limb(j["sh_r"], j["el_r"], j["wr_r"], colours["shirt"], lw),
+        pen.limb(j["sh_l"], j["el_l"], j["wr_l"], colours["shirt"], lw),
+        pen.disc(j["wr_r"], 3.6, colours["skin"]),
+        pen.disc(j["wr_l"], 3.6, colours["skin"]),
     ]
     if long_hair:
         parts.append(f'<path d="M{xy(head + [-_HEAD - 1.5, 0])}L{xy(head + [-_HEAD - 1.5, 11])}L{xy(head + [_HEAD + 1.5, 11])}'
-                     f'L{xy(head + [_HEAD + 1.5, 0])}Z" fill="{hair[1]}"/>')
-    nq0, nq1 = t(neck + [0, 2.0]), t(head)
-    parts.append(f'<path d="M{nq0[0]:.2f} {nq0[1]:.2f}L{nq1[0]:.2f} {nq1[1]:.2f}" stroke="{skin[1]}" '
+                     f'L{xy(head + [_HEAD + 1.5, 0])}Z" fill="{colours["hair"]}"/>')
+    nq0, nq1 = t(j["neck"] + [0, 2.0]), t(head)
+    parts.append(f'<path d="M{nq0[0]:.2f} {nq0[1]:.2f}L{nq1[0]:.2f} {nq1[1]:.2f}" stroke="{colours["skin"]}" '
                  f'stroke-width="{5.0 * scale:.2f}" stroke-linecap="round"/>')
-    parts.append(disc(head, _HEAD, skin[1]))
+    parts.append(pen.disc(head, _HEAD, colours["skin"]))
     r = _HEAD * scale
     hq = t(head)
     parts.append(f'<path d="M{hq[0] - r - 0.8 * scale:.2f} {hq[1] + 0.1 * r:.2f}A{r * 1.08:.2f} {r * 1.08:.2f} 0 0 1 '
                  f'{hq[0] + r + 0.8 * scale:.2f} {hq[1] + 0.1 * r:.2f}Q{hq[0]:.2f} {hq[1] - 0.55 * r:.2f} '
-                 f'{hq[0] - r - 0.8 * scale:.2f} {hq[1] + 0.1 * r:.2f}Z" fill="{hair[1]}"/>')
-    parts += [disc(eye_r, 1.3, "#2b2b2b"), disc(eye_l, 1.3, "#2b2b2b")]
+                 f'{hq[0] - r - 0.8 * scale:.2f} {hq[1] + 0.1 * r:.2f}Z" fill="{colours["hair"]}"/>')
+    parts += [pen.disc(j["eye_r"], 1.3, "#2b2b2b"), pen.disc(j["eye_l"], 1.3, "#2b2b2b")]
     m0, m1 = t(head + [-3.0, 4.5]), t(head + [3.0, 4.5])
     parts.append(f'<path d="M{m0[0]:.2f} {m0[1]:.2f}Q{hq[0]:.2f} {m0[1] + 2.2 * scale:.2f} {m1[0]:.2f} {m1[1]:.2f}" '
                  f'fill="none" stroke="#6b2b2b" stroke-width="{1.1 * scale:.2f}" stroke-linecap="round"/>')
-    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 128 128">'
-           + "".join(parts) + "</svg>")
-    kp = np.zeros((18, 3), np.float32)
-    for i, p in enumerate(pts):
-        q = t(p) * k
-        kp[i] = (q[0], q[1], 1.0)
-    facts = dict(family=family, skin=skin[0], hair=hair[0], shirt=shirt[0], trousers=trousers[0], shoes=shoes[0],
-                 long_hair=long_hair)
-    return Figure(svg=svg, keypoints=kp, family=family, style=style, facts=facts)
+    return parts

@@ -51,6 +51,13 @@ METHODS = ("dreambooth", "lora", "textual_inversion")
 # --------------------------------------------------------------------------- sections
 
 
+def _check_known(names: list[str], known: tuple[str, ...], problem: str) -> None:
+    """A ValueError "``problem`` [the unknown names]; choose from …" when ``names`` has any not in ``known``."""
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"{problem} {bad}; choose from {', '.join(known)}")
+
+
 @dataclass
 class RunSettings:
     """Shared sampling settings. Image i of a cell uses seed + i."""
@@ -123,9 +130,7 @@ class SketchConfig:
         bad = [g for g in self.cfg.guidances + [self.sdedit.guidance, self.controlnet.guidance] if g < 0]
         if bad:
             raise ValueError(f"{where}guidance scales γ must be ≥ 0, got {bad}")
-        bad = [t for t in self.controlnet.types if t not in CONTROL_TYPES]
-        if bad:
-            raise ValueError(f"{where}[controlnet].types has unknown types {bad}; choose from {', '.join(CONTROL_TYPES)}")
+        _check_known(self.controlnet.types, CONTROL_TYPES, f"{where}[controlnet].types has unknown types")
         if not self.sdedit.strengths or not self.cfg.guidances:
             raise ValueError(f"{where}[sdedit].strengths and [cfg].guidances need at least one value")
 
@@ -141,9 +146,7 @@ class InpaintingConfig:
 
     def validate(self, where: str = "") -> None:
         self.run.validate(where)
-        bad = [a for a in self.architectures if a not in ARCHITECTURES]
-        if bad:
-            raise ValueError(f"{where}architectures has unknown names {bad}; choose from {', '.join(ARCHITECTURES)}")
+        _check_known(self.architectures, ARCHITECTURES, f"{where}architectures has unknown names")
         if self.guidance < 0:
             raise ValueError(f"{where}guidance must be ≥ 0, got {self.guidance}")
 
@@ -197,6 +200,7 @@ class PersonalizationConfig:
     prompts: list[str] = field(default_factory=lambda: ["a {identifier} {class_noun} on a carousel",
                                                         "a {identifier} {class_noun} in openmoji style",
                                                         "a {identifier} {class_noun} wearing a crown"])
+    # (one field per TOML section, like SketchConfig's: a declaration, not shared logic)
     run: RunSettings = field(default_factory=RunSettings)
     dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
     lora: LoRASection = field(default_factory=LoRASection)
@@ -204,9 +208,7 @@ class PersonalizationConfig:
 
     def validate(self, where: str = "") -> None:
         self.run.validate(where)
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad:
-            raise ValueError(f"{where}methods has unknown names {bad}; choose from {', '.join(METHODS)}")
+        _check_known(self.methods, METHODS, f"{where}methods has unknown names")
         for name in METHODS:
             sec = getattr(self, name)
             if sec.steps < 0 or not sec.lr > 0:

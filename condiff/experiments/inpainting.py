@@ -191,22 +191,13 @@ def _with_seams(comp, tasks, pictures: dict) -> list[dict[str, Any]]:
 
 def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> ExperimentResult:
     """Run experiment 2 (see the module doc)."""
-    from .architectures import Evaluator, experiment2_tasks, run_comparison
+    from .architectures import Evaluator, experiment2_tasks
 
     t_start = time.perf_counter()
-    run = config.run
     res = ExperimentResult("inpainting", EXPERIMENT_TITLES["inpainting"], to_dict(config),
-                           seeds=run.seeds)
+                           seeds=config.run.seeds)
     tasks = experiment2_tasks()
-    res.figures.append(Figure("inputs", "Tasks: pictures and masks (Figs. 4.6/4.7)", image_grid(
-        [[t.image for t in tasks], [_overlay(t.image, t.mask) for t in tasks]], row_labels=["picture", "mask (red)"],
-        col_labels=[f"{t.name}: “{t.prompt}”" for t in tasks]), "Masks are exact (from the vector elements).", "image"))
-    from .sketch import provenance_note
-
-    res.notes.append(provenance_note())
-    res.notes += memorisation_notes({t.name: t.image for t in tasks})
-    res.notes.append("The thesis's DALL-E 2 ran through a paid API; condiff experiments never touch the network, so "
-                     "the remote architecture is not run (its local counterpart is unclip).")
+    _inputs_section(res, tasks)
     if getattr(ctx.model, "vae", None) is not None:
         _round_trip_section(ctx, tasks, res)
     if getattr(ctx.model, "name", "") == "builtin":
@@ -221,25 +212,72 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
         evaluator = Evaluator(ctx.evalenc.embed_images, ctx.evalenc.embed_texts, name=ctx.evalenc.name)
     else:
         res.skip("evalenc metrics", "no evaluation encoder: prompt scores inside the mask are not measured")
+    rows, pictures = _compare(ctx, config.run.seeds, archs, tasks, evaluator, res)
+    names = list(dict.fromkeys(r["architecture"] for r in rows))
+    res.figures += _output_grids(pictures, names, tasks)
+    per_arch, metrics, keys, methods = _architecture_tables(ctx, res, rows, names, tasks)
+    mem_cols = ["architecture", "task", "seed", "train_rmse", "train_nearest", "train_rmse_raw", "train_nearest_raw"]
+    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
+                            mem_cols, [{k: r[k] for k in mem_cols} for r in rows]))
+    res.metrics["memorisation"] = [{k: r[k] for k in mem_cols} for r in rows]
+    _headlines(res, per_arch, metrics, names)
+    res.measurements["architectures"] = {e["architecture"]: {"time_s": e.get("time_s"), "peak_mib": e.get("peak_mib"),
+                                                             "memory_method": methods} for e in per_arch}
+    panels = {COLUMN_LABELS[k]: [e.get(k) for e in per_arch] for k in ("evalenc_inside", "seam_added", "psnr_outside_raw",
+                                                                       "time_s", "peak_mib") if k in keys}
+    res.figures.append(Figure("architecture_bars", "Per-architecture quality and cost", plot_bars(
+        names, panels, title="Inpainting: architectures (means, 95 % CI)"), "", "plot"))
+    res.wall_s = time.perf_counter() - t_start
+    res.measurements["seconds"] = round(res.wall_s, 2)
+    return res
+
+
+def _inputs_section(res: ExperimentResult, tasks) -> None:
+    """The tasks' pictures and masks (Figs. 4.6/4.7), and the notes on the inputs and the architectures run."""
+    res.figures.append(Figure("inputs", "Tasks: pictures and masks (Figs. 4.6/4.7)", image_grid(
+        [[t.image for t in tasks], [_overlay(t.image, t.mask) for t in tasks]], row_labels=["picture", "mask (red)"],
+        col_labels=[f"{t.name}: “{t.prompt}”" for t in tasks]), "Masks are exact (from the vector elements).", "image"))
+    from .sketch import provenance_note
+
+    res.notes.append(provenance_note())
+    res.notes += memorisation_notes({t.name: t.image for t in tasks})
+    res.notes.append("The thesis's DALL-E 2 ran through a paid API; condiff experiments never touch the network, so "
+                     "the remote architecture is not run (its local counterpart is unclip).")
+
+
+def _compare(ctx: ExperimentContext, seeds: list[int], archs: list, tasks, evaluator,
+             res: ExperimentResult) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[tuple[Tensor, Tensor]]]]:
+    """Every architecture on every task, one timed cell per (seed, architecture): the measured rows and the
+    (raw, composite) pictures per (architecture, task)."""
+    from .architectures import run_comparison
+
     rows: list[dict[str, Any]] = []
     pictures: dict[tuple[str, str], list[tuple[Tensor, Tensor]]] = {}
     timings = res.measurements.setdefault("cell_seconds", {})
-    for seed in run.seeds:
+    for seed in seeds:
         for arch in archs:
             with cell_timer(timings, f"{arch.name}, seed {seed} ({len(tasks)} tasks)", announce=not ctx.show_progress):
                 comp = run_comparison([arch], tasks, evaluator=evaluator, seed=seed, device=ctx.device, warmup=False)
                 rows += _with_seams(comp, tasks, pictures)
-    names = list(dict.fromkeys(r["architecture"] for r in rows))
+    return rows, pictures
 
+
+def _output_grids(pictures: dict, names: list[str], tasks) -> list[Figure]:
+    """The raw and the composited outputs: architectures × tasks, the seeds side by side in each cell."""
     def grid(which: int, title: str, fig: str, caption: str) -> Figure:
         cells = [[torch.cat([p[which] for p in pictures[(a, t.name)]]) for t in tasks] for a in names]
         return Figure(fig, title, image_grid(cells, row_labels=names, col_labels=[t.name for t in tasks]), caption)
 
-    res.figures.append(grid(0, "Raw outputs (Figs. 4.8, 4.12, 4.14)", "raw_grid",
-                            "Rows: architectures; each cell: the seeds side by side. Pixels outside the mask may change."))
-    res.figures.append(grid(1, "Composited outputs (Figs. 4.13, 4.16)", "composite_grid",
-                            "The original outside the mask, the generated pixels inside."))
-    # tables: per architecture (pooled over tasks × seeds) and per architecture × task (over seeds)
+    return [grid(0, "Raw outputs (Figs. 4.8, 4.12, 4.14)", "raw_grid",
+                 "Rows: architectures; each cell: the seeds side by side. Pixels outside the mask may change."),
+            grid(1, "Composited outputs (Figs. 4.13, 4.16)", "composite_grid",
+                 "The original outside the mask, the generated pixels inside.")]
+
+
+def _architecture_tables(ctx: ExperimentContext, res: ExperimentResult, rows: list[dict], names: list[str],
+                         tasks) -> tuple[list[dict], dict, list[str], list[str]]:
+    """The tables per architecture (pooled over tasks × seeds) and per architecture × task (over seeds) and the
+    metrics; returns (per-architecture entries, metrics, the measured keys, the memory methods)."""
     fx = ctx.evalenc_name
     keys = [k for k in _SUMMARY_KEYS if any(isinstance(r.get(k), (int, float)) and r.get(k) is not None for r in rows)]
     per_arch, metrics = [], {}
@@ -266,10 +304,11 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
     res.tables.append(Table("architectures_per_task", "Per architecture and task (means over seeds)",
                             ["architecture", "task"] + keys, per_task, feature_extractor=fx))
     res.metrics["architectures"] = metrics
-    mem_cols = ["architecture", "task", "seed", "train_rmse", "train_nearest", "train_rmse_raw", "train_nearest_raw"]
-    res.tables.append(Table("memorisation", "Every generated picture and its nearest training picture",
-                            mem_cols, [{k: r[k] for k in mem_cols} for r in rows]))
-    res.metrics["memorisation"] = [{k: r[k] for k in mem_cols} for r in rows]
+    return per_arch, metrics, keys, methods
+
+
+def _headlines(res: ExperimentResult, per_arch: list[dict], metrics: dict, names: list[str]) -> None:
+    """One headline per architecture, and the autoencoder round trip's share of the damage outside the mask."""
     for e in per_arch:
         res.headlines.append(
             f"{e['architecture']}: " + ", ".join(f"{COLUMN_LABELS.get(k, k)} {fmt_summary(e[k])}" for k in
@@ -282,12 +321,3 @@ def run_inpainting(ctx: ExperimentContext, config: InpaintingConfig) -> Experime
         res.headlines.append(f"Autoencoder round trip alone: PSNR outside the mask {mean_out:.1f} dB"
                              + (f" (latent models' raw outputs there: {', '.join(f'{v:.1f}' for v in raw)} dB)" if raw else "")
                              + " — the latent models' damage outside the mask (Fig. 4.15), which the composite removes.")
-    res.measurements["architectures"] = {e["architecture"]: {"time_s": e.get("time_s"), "peak_mib": e.get("peak_mib"),
-                                                             "memory_method": methods} for e in per_arch}
-    panels = {COLUMN_LABELS[k]: [e.get(k) for e in per_arch] for k in ("evalenc_inside", "seam_added", "psnr_outside_raw",
-                                                                       "time_s", "peak_mib") if k in keys}
-    res.figures.append(Figure("architecture_bars", "Per-architecture quality and cost", plot_bars(
-        names, panels, title="Inpainting: architectures (means, 95 % CI)"), "", "plot"))
-    res.wall_s = time.perf_counter() - t_start
-    res.measurements["seconds"] = round(res.wall_s, 2)
-    return res

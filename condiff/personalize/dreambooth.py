@@ -32,7 +32,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -41,20 +41,8 @@ from torch import Tensor
 
 from ..io import atomic_path, check_writable
 from .embeddings import own_text_encoder, text_transformer
-from .train_common import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_STEPS,
-    DREAMBOOTH_LR,
-    ImageSet,
-    LoopConfig,
-    LoopResult,
-    diffusion_loss,
-    encode_latents,
-    load_image,
-    prompt_cond,
-    run_training,
-    training_device,
-)
+from .train_common import (DREAMBOOTH_LR, ImageSet, LoopConfig, LoopResult, TrainSettings, diffusion_loss,
+                           encode_latents, load_image, prompt_cond, run_training, training_device)
 
 __all__ = [
     "IdentifierReport",
@@ -151,8 +139,9 @@ def rare_identifiers(tokenizer: Any, count: int = 5, *, rank_range: tuple[float,
 
 # ------------------------------------------------------------------------------- configuration
 @dataclass
-class DreamBoothConfig:
-    """DreamBooth settings (thesis §4.4.2: "sks" + "woman", lr 5e-6, 400 steps, batch 1)."""
+class DreamBoothConfig(TrainSettings):
+    """DreamBooth settings (thesis §4.4.2: "sks" + "woman", lr 5e-6, 400 steps, batch 1; the loop's are
+    :class:`TrainSettings`)."""
 
     identifier: str = "sks"
     class_noun: str = "woman"
@@ -166,17 +155,11 @@ class DreamBoothConfig:
     class_guidance: float = 5.0
     class_batch_size: int = 4
     train_text_encoder: bool = False
-    steps: int = DEFAULT_STEPS
     lr: float = DREAMBOOTH_LR
     lr_schedule: str = "constant"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    seed: int = 0
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
     mixed_precision: str = "auto"
-    checkpoint_every: int = 100
-    progress: bool = True
-    loop_overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def instance_prompt(self) -> str:
@@ -189,11 +172,8 @@ class DreamBoothConfig:
     def loop(self) -> LoopConfig:
         if self.prior_weight < 0:
             raise ValueError(f"prior_weight λ must be ≥ 0, got {self.prior_weight}")
-        return LoopConfig(
-            steps=self.steps, lr=self.lr, lr_schedule=self.lr_schedule, batch_size=self.batch_size, seed=self.seed,
-            optimizer="adamw8bit" if self.use_8bit_adam else "adamw", mixed_precision=self.mixed_precision,
-            checkpoint_every=self.checkpoint_every, progress=self.progress, desc="dreambooth", **self.loop_overrides,
-        ).validate()
+        return self.loop_config("dreambooth", optimizer="adamw8bit" if self.use_8bit_adam else "adamw",
+                                mixed_precision=self.mixed_precision)
 
 
 @dataclass

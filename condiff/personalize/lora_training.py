@@ -10,7 +10,7 @@ thesis's settings: lr 1e-4, cosine schedule, batch 1, 400 steps. Captions come f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,50 +19,27 @@ import torch
 from .embeddings import own_text_encoder
 from .lora import LoRAConfig, LoRANetwork
 from .lora_formats import lora_components, save_lora
-from .train_common import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_STEPS,
-    LORA_LR,
-    ImageSet,
-    LoopConfig,
-    LoopResult,
-    FlipLatents,
-    diffusion_loss,
-    prompt_cond,
-    run_training,
-    training_device,
-)
+from .train_common import (LORA_LR, FlipLatents, ImageSet, LoopConfig, LoopResult, TrainSettings, diffusion_loss,
+                           prompt_cond, run_training, training_device)
 
 __all__ = ["LoRATrainConfig", "LoRATrainResult", "train_lora"]
 
 
 @dataclass
-class LoRATrainConfig:
-    """LoRA training settings (thesis §4.4.3)."""
+class LoRATrainConfig(LoRAConfig, TrainSettings):
+    """LoRA training settings (thesis §4.4.3): the adapters' (:class:`LoRAConfig`) and the loop's
+    (:class:`TrainSettings`: lr 1e-4, cosine schedule)."""
 
-    rank: int = 4
-    alpha: float | None = None
-    targets: dict[str, str | tuple[str, ...]] = field(default_factory=lambda: {"unet": "cross-attention"})
-    init: str = "gaussian"
-    init_std: float | None = None
-    dropout: float = 0.0
-    steps: int = DEFAULT_STEPS
     lr: float = LORA_LR
     lr_schedule: str = "cosine"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    seed: int = 0
     mixed_precision: str = "auto"
-    checkpoint_every: int = 100
-    progress: bool = True
-    loop_overrides: dict[str, Any] = field(default_factory=dict)
 
     def lora(self) -> LoRAConfig:
-        return LoRAConfig(self.rank, self.alpha, dict(self.targets), self.init, self.init_std, self.dropout).validate()
+        adapters = {f.name: getattr(self, f.name) for f in fields(LoRAConfig)}
+        return LoRAConfig(**{**adapters, "targets": dict(self.targets)}).validate()
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(steps=self.steps, lr=self.lr, lr_schedule=self.lr_schedule, batch_size=self.batch_size,
-                          seed=self.seed, mixed_precision=self.mixed_precision, checkpoint_every=self.checkpoint_every,
-                          progress=self.progress, desc="lora", **self.loop_overrides).validate()
+        return self.loop_config("lora", mixed_precision=self.mixed_precision)
 
 
 @dataclass

@@ -16,7 +16,7 @@ do; the loss is the model's own objective (ε for eq. 3.18, or v for v-predictio
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,8 @@ import torch
 from torch import Tensor
 
 from .embeddings import TextualEmbedding, add_placeholder_tokens, own_text_encoder, save_embedding, token_embedding
-from .train_common import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_STEPS,
-    TEXTUAL_INVERSION_LR,
-    ImageSet,
-    LoopConfig,
-    LoopResult,
-    FlipLatents,
-    diffusion_loss,
-    prompt_cond,
-    run_training,
-    training_device,
-)
+from .train_common import (TEXTUAL_INVERSION_LR, FlipLatents, ImageSet, LoopConfig, LoopResult, TrainSettings,
+                           diffusion_loss, prompt_cond, run_training, training_device)
 
 __all__ = ["OBJECT_TEMPLATES", "STYLE_TEMPLATES", "TextualInversionConfig", "TextualInversionResult",
            "train_textual_inversion"]
@@ -53,23 +42,18 @@ STYLE_TEMPLATES = (
 
 
 @dataclass
-class TextualInversionConfig:
-    """Settings of a textual-inversion run (thesis §4.4.4: lr 5e-4, batch 1, 400 steps)."""
+class TextualInversionConfig(TrainSettings):
+    """Settings of a textual-inversion run (thesis §4.4.4: lr 5e-4, batch 1, 400 steps; the loop's are
+    :class:`TrainSettings`)."""
 
     token: str = "<sks>"
     initializer: str | None = "woman"
     num_vectors: int = 1
     learnable: str = "object"  # or "style": which templates
     templates: tuple[str, ...] | None = None
-    steps: int = DEFAULT_STEPS
     lr: float = TEXTUAL_INVERSION_LR
     lr_schedule: str = "constant"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    seed: int = 0
     weight_decay: float = 1e-2
-    checkpoint_every: int = 100
-    progress: bool = True
-    loop_overrides: dict[str, Any] = field(default_factory=dict)
 
     def prompt_templates(self) -> tuple[str, ...]:
         if self.templates:
@@ -81,9 +65,7 @@ class TextualInversionConfig:
         return OBJECT_TEMPLATES if self.learnable == "object" else STYLE_TEMPLATES
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(steps=self.steps, lr=self.lr, lr_schedule=self.lr_schedule, batch_size=self.batch_size,
-                          seed=self.seed, weight_decay=self.weight_decay, checkpoint_every=self.checkpoint_every,
-                          progress=self.progress, desc="textual inversion", **self.loop_overrides).validate()
+        return self.loop_config("textual inversion", weight_decay=self.weight_decay)
 
 
 @dataclass

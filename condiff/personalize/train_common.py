@@ -49,6 +49,7 @@ __all__ = [
     "load_image",
     "ImageSet",
     "LoopConfig",
+    "TrainSettings",
     "LoopResult",
     "step_generator",
     "make_optimizer",
@@ -256,6 +257,27 @@ class LoopConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError("grad_clip must be positive or None")
         return self
+
+
+@dataclass
+class TrainSettings:
+    """The loop settings every personalization method's config carries (each method sets its own ``lr`` and
+    ``lr_schedule`` defaults); ``loop_overrides`` reach :class:`LoopConfig` unchanged."""
+
+    steps: int = DEFAULT_STEPS
+    lr: float = LORA_LR
+    lr_schedule: str = "cosine"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    checkpoint_every: int = 100
+    progress: bool = True
+    loop_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def loop_config(self, desc: str, **method: Any) -> LoopConfig:
+        """The validated :class:`LoopConfig` of these settings, the method's own ``method`` ones and the overrides."""
+        return LoopConfig(steps=self.steps, lr=self.lr, lr_schedule=self.lr_schedule, batch_size=self.batch_size,
+                          seed=self.seed, checkpoint_every=self.checkpoint_every, progress=self.progress, desc=desc,
+                          **method, **self.loop_overrides).validate()
 
 
 @dataclass

@@ -67,9 +67,18 @@ from .distributed import (
 from .ema import EMA
 from .schedule import LRSchedule
 
-__all__ = ["TrainConfig", "LRSchedule", "Trainer", "TrainResult", "DiffusionObjective", "split_diffusion_batch"]
+__all__ = ["TrainConfig", "LRSchedule", "Trainer", "TrainResult", "DiffusionObjective", "split_diffusion_batch",
+           "check_option_names"]
 
 Objective = Callable[[nn.Module, Any, torch.Generator], Tensor]
+
+
+def check_option_names(cls: type, options: dict, what: str) -> None:
+    """A ValueError naming the keys of ``options`` that are no field of the dataclass ``cls`` (``what`` options)."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(options) - known
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {sorted(unknown)}; known: {sorted(known)}")
 
 
 @dataclass
@@ -121,10 +130,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+        check_option_names(cls, d, "training")
         d = dict(d)
         if "adam_betas" in d:
             d["adam_betas"] = tuple(d["adam_betas"])

@@ -19,7 +19,8 @@ from .. import vocab
 from ..outputs import OutputStore
 from ..personal import Library
 
-__all__ = ["Context", "PromptBox", "SamplingBox", "ResultsBox", "total_steps", "check_prompt", "SEED_MAX"]
+__all__ = ["Context", "PromptBox", "SamplingBox", "ResultsBox", "total_steps", "check_prompt", "save_conditions",
+           "SEED_MAX"]
 
 SEED_MAX = 2**31 - 1
 
@@ -150,6 +151,15 @@ class ResultsBox:
     @property
     def outputs(self) -> list:
         return [self.gallery, self.files, self.params]
+
+
+def save_conditions(folder: Path, conditions: dict[str, Any]) -> list[tuple[Path, str]]:
+    """Write a ControlNet result's condition maps (``res.extras["conditions"]``) beside it: (file, caption) each."""
+    saved = []
+    for kind, cond in conditions.items():
+        path = OutputStore.save(folder, f"condition-{kind}", cond[:1], {"condition": kind})[0]
+        saved.append((path, f"{kind} condition"))
+    return saved
 
 
 def controlnets(ctx: Context, kinds: list[str]) -> dict[str, Any] | None:

@@ -12,9 +12,9 @@ from ...pipelines.control import control, prepare_condition
 from ...preprocess import list_preprocessors
 from ...server.runner import sampler_callback
 from ..canvas import editor_picture, editor_value
-from ..outputs import OutputStore
 from ..runner import JobPanel, guarded, page_errors
-from .common import Context, PromptBox, ResultsBox, SamplingBox, check_prompt, controlnets, total_steps
+from .common import (Context, PromptBox, ResultsBox, SamplingBox, check_prompt, controlnets, save_conditions,
+                     total_steps)
 from .sketch import sketch_canvas
 
 __all__ = ["build", "UNITS", "SOURCES"]
@@ -45,7 +45,57 @@ class Unit:
         return [self.enabled, self.kind, self.source, self.scale, self.start, self.end]
 
 
+def _picture(ctx: Context, arr):
+    """The uploaded picture (a numpy array) as an image tensor, under the server's ``--max-image-pixels``."""
+    if arr is None:
+        raise InputError("no picture: upload the picture to take conditions from first")
+    return load_image(arr, max_pixels=ctx.limits.max_image_pixels)
+
+
+def _preview_job(ctx: Context, arr, kinds: list[str], size: int, maps) -> tuple:
+    """(work, done) of "Preview every condition map": each preprocessor's map of the picture, shown in ``maps``."""
+    img = _picture(ctx, arr)
+
+    def work(progress):
+        out = []
+        for i, k in enumerate(kinds):
+            out.append((k, prepare_condition(img, k, size=(size, size))))
+            progress.update(i + 1, len(kinds), out[-1][1][:1])
+        return out
+
+    def done(out):
+        return {maps: [(to_pil(c[:1]), k) for k, c in out]}
+
+    return work, done
+
+
+def _enabled_units(unit_values: tuple) -> list[tuple]:
+    """The ticked units' values (enabled, type, source, scale, start, end) from the flat widget values."""
+    chosen = [unit_values[i:i + 6] for i in range(0, len(unit_values), 6)]
+    chosen = [u for u in chosen if u[0]]
+    if not chosen:
+        raise InputError("no ControlNet unit is enabled; tick at least one unit")
+    return chosen
+
+
+def _unit_source(ctx: Context, arr, edited, kind: str, source: str, size: int):
+    """A unit's condition: the picture through ``kind``'s preprocessor (at ``size``), or the edited map as it is."""
+    if source == SOURCES[0]:
+        return prepare_condition(_picture(ctx, arr), kind, size=(size, size))
+    return editor_picture(edited, "condition map", ctx.limits.max_image_pixels)
+
+
+def _show_result(ctx: Context, results: ResultsBox, res) -> dict:
+    """A job's ``done``: the result and the condition maps it used, saved to a new folder and shown."""
+    folder = ctx.store.new_folder("control")
+    paths = ctx.store.save_result(folder, "control", res)
+    conditions = save_conditions(folder, res.extras["conditions"])
+    shown = [(str(paths[0]), "result")] + [(str(path), label) for path, label in conditions]
+    return results.update(shown, [*paths, *(path for path, _ in conditions)], res.params_for(0))
+
+
 def build(ctx: Context) -> None:
+    # Declarative layout, like every generating tab's: Tab > Row > inputs Column(scale=3) | job Column(scale=2).
     kinds = list_preprocessors()
     size = ctx.model.image_size
     with gr.Tab("ControlNet", id="control", elem_id="cd-tab-control"):
@@ -69,48 +119,20 @@ def build(ctx: Context) -> None:
                 panel = JobPanel(ctx.state, "control")
                 results = ResultsBox("control", columns=3)
 
-        def picture_tensor(arr):
-            if arr is None:
-                raise InputError("no picture: upload the picture to take conditions from first")
-            return load_image(arr, max_pixels=ctx.limits.max_image_pixels)
-
         def on_preview(arr):
-            def make():
-                img = picture_tensor(arr)
-
-                def work(progress):
-                    out = []
-                    for i, k in enumerate(kinds):
-                        out.append((k, prepare_condition(img, k, size=(size, size))))
-                        progress.update(i + 1, len(kinds), out[-1][1][:1])
-                    return out
-
-                def done(out):
-                    return {maps: [(to_pil(c[:1]), k) for k, c in out]}
-
-                return work, done
-
-            yield from guarded(panel, make)
+            yield from guarded(panel, lambda: _preview_job(ctx, arr, kinds, size, maps))
 
         @page_errors
         def on_edit(arr, kind):
-            return editor_value(np.asarray(to_pil(prepare_condition(picture_tensor(arr), kind, size=(size, size))[:1])))
+            return editor_value(np.asarray(to_pil(prepare_condition(_picture(ctx, arr), kind, size=(size, size))[:1])))
 
         def on_run(arr, edited, prompt, negative, sampler, steps, guidance, seed, *unit_values):
             def make():
                 p, n = check_prompt(ctx, prompt, negative)
                 kw = sb.values(ctx, sampler, steps, guidance, seed)
-                chosen = [unit_values[i:i + 6] for i in range(0, len(unit_values), 6)]
-                chosen = [u for u in chosen if u[0]]
-                if not chosen:
-                    raise InputError("no ControlNet unit is enabled; tick at least one unit")
+                chosen = _enabled_units(unit_values)
                 types = [u[1] for u in chosen]
-                sources = []
-                for _, kind, source, *_ in chosen:
-                    if source == SOURCES[0]:
-                        sources.append(prepare_condition(picture_tensor(arr), kind, size=(size, size)))
-                    else:
-                        sources.append(editor_picture(edited, "condition map", ctx.limits.max_image_pixels))
+                sources = [_unit_source(ctx, arr, edited, kind, source, size) for _, kind, source, *_ in chosen]
                 nets = controlnets(ctx, types)
 
                 def work(progress):
@@ -122,17 +144,7 @@ def build(ctx: Context) -> None:
                                    preprocess=False, controlnets=nets, negative=n, show_progress=False, callback=cb,
                                    **kw)
 
-                def done(res):
-                    folder = ctx.store.new_folder("control")
-                    paths = ctx.store.save_result(folder, "control", res)
-                    shown, files = [(str(paths[0]), "result")], list(paths)
-                    for k, c in res.extras["conditions"].items():
-                        path = OutputStore.save(folder, f"condition-{k}", c[:1], {"condition": k})[0]
-                        shown.append((str(path), f"{k} condition"))
-                        files.append(path)
-                    return results.update(shown, files, res.params_for(0))
-
-                return work, done
+                return work, lambda res: _show_result(ctx, results, res)
 
             yield from guarded(panel, make)
 

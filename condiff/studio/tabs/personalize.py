@@ -92,6 +92,95 @@ def _copy_images(files: list, folder: Path, max_pixels: int) -> Path:
     return images
 
 
+#: each method's own options (keys of :func:`training_args`' ``extra``), in the order of their widgets
+_OPTIONS = ("rank", "alpha", "targets", "text_targets", "layout", "num_vectors", "initializer", "learnable",
+            "prior_weight", "num_class_images", "class_steps", "train_text_encoder", "gradient_checkpointing",
+            "use_8bit_adam")
+
+
+def _method_options() -> list:
+    """The accordions of each method's own options; their widgets in :data:`_OPTIONS`' order."""
+    with gr.Accordion("LoRA options", open=False):
+        with gr.Row():
+            lora = [gr.Slider(1, 64, value=4, step=1, label="Rank r"),
+                    gr.Number(None, label="Alpha (empty: rank)"),
+                    gr.Textbox("cross-attention", label="U-Net targets (preset or regex)"),
+                    gr.Textbox("", label="Text-encoder targets (e.g. text-attention)"),
+                    gr.Radio(["diffusers", "kohya"], value="diffusers", label="File layout")]
+    with gr.Accordion("Textual-inversion options", open=False):
+        with gr.Row():
+            inversion = [gr.Slider(1, 8, value=1, step=1, label="Vectors per token"),
+                         gr.Textbox("", label="Initializer word (default: class noun)"),
+                         gr.Radio(["object", "style"], value="object", label="Learnable")]
+    with gr.Accordion("DreamBooth options", open=False):
+        with gr.Row():
+            dreambooth = [gr.Number(1.0, minimum=0, label="Prior-preservation weight λ (0: off)"),
+                          gr.Number(100, precision=0, minimum=1, label="Class images"),
+                          gr.Number(25, precision=0, minimum=1, label="Sampler steps per class image")]
+        with gr.Row():
+            dreambooth += [gr.Checkbox(False, label="Train the text encoder too"),
+                           gr.Checkbox(False, label="Gradient checkpointing"),
+                           gr.Checkbox(False, label="8-bit Adam (bitsandbytes)")]
+    return [*lora, *inversion, *dreambooth]
+
+
+def _library_file(ctx: Context, kind: str, command: str, name: str, token: str) -> Path:
+    """Where the trained file joins the library: the given name, else method-token-time; never an existing file."""
+    label = _NAME.sub("-", (name or "").strip()) or f"{command}-{token.strip('<>')}-{time.strftime('%H%M%S')}"
+    out = ctx.library.folder(kind) / f"{label}.safetensors"
+    if out.exists():
+        raise InputError(f"name: the library already has {out.name}; choose another name")
+    return out
+
+
+def _training_job(ctx: Context, shown: tuple, files: list, method: str, token: str, noun: str, name: str, steps,
+                  seed, lr, batch, extra: dict) -> tuple:
+    """(work, done, watch) of a training run: the images and settings checked, the CLI command run in a child
+    process, previews drawn with the result; ``shown`` = (loss curve, previews, result file) widgets."""
+    curve, previews, result_file = shown
+    limits = ctx.limits
+    command, kind, _ = METHODS[method]
+    n_steps = int(steps)
+    limits.check("training steps", n_steps, "max_train_steps", "steps")
+    limits.check("images", len(files or []), "max_train_images", "images")
+    folder = ctx.store.new_folder("personalize")
+    images = _copy_images(files, folder, limits.max_image_pixels)
+    out = _library_file(ctx, kind, command, name, token)
+    every = max(1, n_steps // (5 if command == "dreambooth" else 25))
+    args = training_args(method, images, folder / out.name, folder / "work", token=token.strip(),
+                         class_noun=noun.strip(), steps=n_steps, seed=int(seed or 0), lr=lr or None,
+                         batch_size=int(batch), checkpoint_every=every, model=ctx.state.model_name,
+                         device=str(ctx.state.device), extra=extra)
+    checkpoint = folder / "work" / "checkpoint.pt"
+    prompt = f"a photo of {token.strip()} {noun.strip()}"
+
+    def work(progress):
+        run_cli(args, progress, folder)
+        shutil.copyfile(folder / out.name, out)
+        lora = [(out, 1.0)] if kind == "lora" else []
+        emb = [out] if kind == "embeddings" else []
+        with personalized(ctx.model, lora, emb, out if kind == "dreambooth" else None) as (model, _):
+            shots = generate(model, prompt, seed=int(seed or 0), batch_size=2, show_progress=False)
+        return out, shots, loss_history(checkpoint)
+
+    def done(result):
+        path, shots, history = result
+        pics = ctx.store.save_result(ctx.store.new_folder("personalize-preview"), "preview", shots)
+        return {curve: _frame(history), previews: [(str(p), prompt) for p in pics], result_file: str(path)}
+
+    seen = [None]
+
+    def watch(job):  # the checkpoint is re-read only when it was rewritten
+        stamp = checkpoint.stat().st_mtime if checkpoint.is_file() else None
+        if stamp == seen[0]:
+            return {}
+        seen[0] = stamp
+        history = loss_history(checkpoint)
+        return {curve: _frame(history)} if history else {}
+
+    return work, done, watch
+
+
 def build(ctx: Context) -> None:
     limits = ctx.limits
     with gr.Tab("Personalize", id="personalize", elem_id="cd-tab-personalize"):
@@ -110,27 +199,7 @@ def build(ctx: Context) -> None:
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                     lr = gr.Number(None, label="Learning rate (empty: the method's thesis default)")
                     batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size")
-                with gr.Accordion("LoRA options", open=False):
-                    with gr.Row():
-                        rank = gr.Slider(1, 64, value=4, step=1, label="Rank r")
-                        alpha = gr.Number(None, label="Alpha (empty: rank)")
-                        targets = gr.Textbox("cross-attention", label="U-Net targets (preset or regex)")
-                        text_targets = gr.Textbox("", label="Text-encoder targets (e.g. text-attention)")
-                        layout = gr.Radio(["diffusers", "kohya"], value="diffusers", label="File layout")
-                with gr.Accordion("Textual-inversion options", open=False):
-                    with gr.Row():
-                        num_vectors = gr.Slider(1, 8, value=1, step=1, label="Vectors per token")
-                        initializer = gr.Textbox("", label="Initializer word (default: class noun)")
-                        learnable = gr.Radio(["object", "style"], value="object", label="Learnable")
-                with gr.Accordion("DreamBooth options", open=False):
-                    with gr.Row():
-                        prior_weight = gr.Number(1.0, minimum=0, label="Prior-preservation weight λ (0: off)")
-                        num_class_images = gr.Number(100, precision=0, minimum=1, label="Class images")
-                        class_steps = gr.Number(25, precision=0, minimum=1, label="Sampler steps per class image")
-                    with gr.Row():
-                        train_te = gr.Checkbox(False, label="Train the text encoder too")
-                        grad_ckpt = gr.Checkbox(False, label="Gradient checkpointing")
-                        adam8 = gr.Checkbox(False, label="8-bit Adam (bitsandbytes)")
+                options = _method_options()
                 run = gr.Button("Train", variant="primary", elem_id="cd-personalize-run")
             with gr.Column(scale=2):
                 panel = JobPanel(ctx.state, "personalize", preview=False)
@@ -140,63 +209,11 @@ def build(ctx: Context) -> None:
                                       interactive=False, elem_id="cd-personalize-previews")
                 result_file = gr.File(label="Trained file (in the library)", interactive=False)
 
-        def on_run(files_, method_, token_, noun_, name_, steps_, seed_, lr_, batch_, rank_, alpha_, targets_,
-                   text_targets_, layout_, vectors_, init_, learnable_, prior_, n_class_, class_steps_, te_, gc_, a8_):
-            def make():
-                command, kind, _ = METHODS[method_]
-                n_steps = int(steps_)
-                limits.check("training steps", n_steps, "max_train_steps", "steps")
-                limits.check("images", len(files_ or []), "max_train_images", "images")
-                folder = ctx.store.new_folder("personalize")
-                images = _copy_images(files_, folder, limits.max_image_pixels)
-                label = _NAME.sub("-", (name_ or "").strip()) or f"{command}-{token_.strip('<>')}-{time.strftime('%H%M%S')}"
-                out = ctx.library.folder(kind) / f"{label}.safetensors"
-                if out.exists():
-                    raise InputError(f"name: the library already has {out.name}; choose another name")
-                every = max(1, n_steps // (5 if command == "dreambooth" else 25))
-                args = training_args(method_, images, folder / out.name, folder / "work", token=token_.strip(),
-                                     class_noun=noun_.strip(), steps=n_steps, seed=int(seed_ or 0), lr=lr_ or None,
-                                     batch_size=int(batch_), checkpoint_every=every, model=ctx.state.model_name,
-                                     device=str(ctx.state.device),
-                                     extra=dict(rank=rank_, alpha=alpha_, targets=targets_, text_targets=text_targets_,
-                                                layout=layout_, num_vectors=vectors_, initializer=init_,
-                                                learnable=learnable_, prior_weight=prior_, num_class_images=n_class_,
-                                                class_steps=class_steps_, train_text_encoder=te_,
-                                                gradient_checkpointing=gc_, use_8bit_adam=a8_))
-                checkpoint = folder / "work" / "checkpoint.pt"
-                prompt = f"a photo of {token_.strip()} {noun_.strip()}"
+        def on_run(files_, method_, token_, noun_, name_, steps_, seed_, lr_, batch_, *options_):
+            values = (files_, method_, token_, noun_, name_, steps_, seed_, lr_, batch_, dict(zip(_OPTIONS, options_)))
+            yield from guarded(panel, lambda: _training_job(ctx, (curve, previews, result_file), *values))
 
-                def work(progress):
-                    run_cli(args, progress, folder)
-                    shutil.copyfile(folder / out.name, out)
-                    lora = [(out, 1.0)] if kind == "lora" else []
-                    emb = [out] if kind == "embeddings" else []
-                    with personalized(ctx.model, lora, emb, out if kind == "dreambooth" else None) as (model, _):
-                        shots = generate(model, prompt, seed=int(seed_ or 0), batch_size=2, show_progress=False)
-                    return out, shots, loss_history(checkpoint)
-
-                def done(result):
-                    path, shots, history = result
-                    pics = ctx.store.save_result(ctx.store.new_folder("personalize-preview"), "preview", shots)
-                    return {curve: _frame(history), previews: [(str(p), prompt) for p in pics], result_file: str(path)}
-
-                seen = [None]
-
-                def watch(job):  # the checkpoint is re-read only when it was rewritten
-                    stamp = checkpoint.stat().st_mtime if checkpoint.is_file() else None
-                    if stamp == seen[0]:
-                        return {}
-                    seen[0] = stamp
-                    history = loss_history(checkpoint)
-                    return {curve: _frame(history)} if history else {}
-
-                return work, done, watch
-
-            yield from guarded(panel, make)
-
-        run.click(on_run, inputs=[files, method, token, class_noun, name, steps, seed, lr, batch_size, rank, alpha,
-                                  targets, text_targets, layout, num_vectors, initializer, learnable, prior_weight,
-                                  num_class_images, class_steps, train_te, grad_ckpt, adam8],
+        run.click(on_run, inputs=[files, method, token, class_noun, name, steps, seed, lr, batch_size, *options],
                   outputs=[*panel.outputs, curve, previews, result_file], concurrency_limit=ctx.limits.max_queue)
         method.change(lambda m: METHODS[m][2], inputs=method, outputs=token, queue=False)
 

@@ -15,7 +15,8 @@ from ...server.runner import sampler_callback
 from ..canvas import editor_picture
 from ..outputs import OutputStore
 from ..runner import JobPanel, guarded
-from .common import Context, PromptBox, ResultsBox, SamplingBox, check_prompt, controlnets, total_steps
+from .common import (Context, PromptBox, ResultsBox, SamplingBox, check_prompt, controlnets, save_conditions,
+                     total_steps)
 
 __all__ = ["build", "sweep_values", "CANVAS"]
 
@@ -41,7 +42,38 @@ def sketch_canvas(elem_id: str, label: str):
                           layers=False, transforms=(), height=560, elem_id=elem_id)
 
 
+def _runs(sweeps: dict[str, list[float]], sweep: str | None, kw: dict, t0: float) -> list[dict]:
+    """The SDEdit runs of a job: one per value of the ``sweep`` ("strength", "guidance"), or one at ``t0``."""
+    if sweep == "strength":
+        return [{**kw, "strength": t} for t in sweeps["strength"]]
+    if sweep == "guidance":
+        return [{**kw, "guidance": g, "strength": sweeps["guidance_strength"][0]} for g in sweeps["guidance"]]
+    return [{**kw, "strength": float(t0)}]
+
+
+def _show_results(ctx: Context, results: ResultsBox, picture, res_list: list, sweep: str | None,
+                  use_control: bool) -> dict:
+    """A job's ``done``: the sketch, each result (captioned by its swept value) and a ControlNet's condition
+    maps, saved to a new folder and shown."""
+    folder = ctx.store.new_folder("sketch")
+    sketch_file = OutputStore.save(folder, "sketch", picture, {"canvas": "sketch"})[0]
+    shown, files = [(str(sketch_file), "sketch")], [sketch_file]
+    for i, res in enumerate(res_list):
+        paths = ctx.store.save_result(folder, f"result-{i}" if len(res_list) > 1 else "result", res)
+        files += paths
+        par = res.params_for(0)
+        label = (f"t0 = {par.get('strength'):g}" if sweep == "strength" else
+                 f"γ = {par.get('guidance'):g}" if sweep == "guidance" else par.get("pipeline", ""))
+        shown += [(str(x), label) for x in paths]
+    if use_control:
+        for path, label in save_conditions(folder, res_list[0].extras.get("conditions", {})):
+            files.append(path)
+            shown.append((str(path), label))
+    return results.update(shown, files, res_list[-1].params_for(0))
+
+
 def build(ctx: Context) -> None:
+    # Declarative layout, like every generating tab's: Tab > Row > inputs Column(scale=3) | job Column(scale=2).
     sweeps = sweep_values()
     size = ctx.model.image_size
     with gr.Tab("Sketch → image", id="sketch", elem_id="cd-tab-sketch"):
@@ -76,12 +108,7 @@ def build(ctx: Context) -> None:
                 p, n = check_prompt(ctx, prompt, negative)
                 kw = sb.values(ctx, sampler, steps, guidance, seed)
                 picture = editor_picture(value, "sketch", ctx.limits.max_image_pixels)
-                if sweep == "strength":
-                    runs = [{**kw, "strength": t} for t in sweeps["strength"]]
-                elif sweep == "guidance":
-                    runs = [{**kw, "guidance": g, "strength": sweeps["guidance_strength"][0]} for g in sweeps["guidance"]]
-                else:
-                    runs = [{**kw, "strength": float(t0)}]
+                runs = _runs(sweeps, sweep, kw, t0)
                 use_control = sweep is None and mode == "ControlNet"
                 nets = controlnets(ctx, [kind]) if use_control else None
                 fitted = fit_image(picture, size=(size, size))
@@ -97,26 +124,7 @@ def build(ctx: Context) -> None:
                     cb = sampler_callback(progress, ctx.state, max(total, 1), model.decode)
                     return [sdedit(model, fitted, p, negative=n, show_progress=False, callback=cb, **r) for r in runs]
 
-                def done(res_list):
-                    folder = ctx.store.new_folder("sketch")
-                    sketch_file = OutputStore.save(folder, "sketch", picture, {"canvas": "sketch"})[0]
-                    shown, files = [(str(sketch_file), "sketch")], [sketch_file]
-                    for i, res in enumerate(res_list):
-                        paths = ctx.store.save_result(folder, f"result-{i}" if len(res_list) > 1 else "result", res)
-                        files += paths
-                        par = res.params_for(0)
-                        label = (f"t0 = {par.get('strength'):g}" if sweep == "strength" else
-                                 f"γ = {par.get('guidance'):g}" if sweep == "guidance" else par.get("pipeline", ""))
-                        shown += [(str(x), label) for x in paths]
-                    if use_control:
-                        conds = res_list[0].extras.get("conditions", {})
-                        for k, c in conds.items():
-                            path = OutputStore.save(folder, f"condition-{k}", c[:1], {"condition": k})[0]
-                            files.append(path)
-                            shown.append((str(path), f"{k} condition"))
-                    return results.update(shown, files, res_list[-1].params_for(0))
-
-                return work, done
+                return work, lambda res_list: _show_results(ctx, results, picture, res_list, sweep, use_control)
 
             yield from guarded(panel, make)
 

@@ -24,6 +24,7 @@ def load_picture(path: str | None, ctx: Context, what: str = "picture"):
 
 
 def build(ctx: Context) -> None:
+    # Laid out like Variations (picture, caption, a slider, sampling): a declarative layout of other widgets.
     with gr.Tab("Upscale", id="upscale", elem_id="cd-tab-upscale"):
         with gr.Row():
             with gr.Column(scale=3):

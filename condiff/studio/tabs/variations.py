@@ -16,6 +16,7 @@ __all__ = ["build"]
 
 
 def build(ctx: Context) -> None:
+    # Laid out like Upscale (picture, caption, a slider, sampling): a declarative layout of other widgets.
     with gr.Tab("Variations", id="variations", elem_id="cd-tab-variations"):
         with gr.Row():
             with gr.Column(scale=3):
