@@ -366,19 +366,10 @@ def _evaluate_variant(ctx: ExperimentContext, config: PersonalizationConfig, nam
     return values, rows, images, {"prompts": per_prompt}
 
 
-def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -> ExperimentResult:
-    """Run experiment 3 (see the module doc)."""
-    t_start = time.perf_counter()
-    run = config.run
-    res = ExperimentResult("personalization", EXPERIMENT_TITLES["personalization"], to_dict(config),
-                           seeds=run.seeds)
-    inputs = subject_inputs(ctx.model.image_size, config)
-    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
-    res.figures.append(Figure("dataset", "The subject: five training views and three held-out views (Fig. 4.17)",
-                              image_grid([[subject], [inputs["held_out"]]], row_labels=["trained on", "held out"],
-                                         col_labels=[f"“{ident} {noun}” ({SUBJECT_SOURCE}, absent from all base training)"]),
-                              f"Subject fidelity is measured against the held-out views only. LoRA captions: "
-                              f"{inputs['captions'][0]}. Prompt kinds: {', '.join(PROMPT_KINDS)}.", "image"))
+def _load_variants(ctx: ExperimentContext, config: PersonalizationConfig, inputs: dict[str, Any],
+                   res: ExperimentResult) -> list[tuple[str, Any, Personalized | None]]:
+    """The base model and each method's personalized copy (found, or trained with ``ctx.train``); a method
+    with no usable result is recorded as skipped in ``res``."""
     variants: list[tuple[str, Any, Personalized | None]] = [("base", ctx.model, None)]
     for method in config.methods:
         found = find_result(ctx, config, method)
@@ -393,38 +384,32 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             variants.append((method, apply_method(ctx.model, found), found))
         except (ValueError, OSError, RuntimeError) as err:
             res.skip(METHOD_TITLES[method], f"the {found.source} result in {found.folder} does not fit this model: {err}")
-    if ctx.evalenc is None:
-        res.skip("evalenc metrics", "no evaluation encoder: subject/prompt fidelity and drift in evalenc space not measured")
-    prompts, token = inputs["prompts"], config.textual_inversion.token
-    per_prompt, per_method, grids, base_class, base_values = [], [], [], None, {}
-    metrics: dict[str, Any] = {}
-    for name, model, found in variants:
-        values, rows, images, metrics[name] = _evaluate_variant(ctx, config, name, model, inputs, base_class)
-        if base_class is None:
-            base_class = images[-1]
-        per_prompt += rows
-        grids.append((name, images))
-        summary = {k: summarize(v) for k, v in values.items()}
-        if name == "base":
-            base_values = values
-        else:
-            summary.update(_paired_gains(values, base_values))
-        metrics[name].update(summary)
-        entry = {"variant": name, "method": METHOD_TITLES.get(name, "base model (no personalization)"),
-                 "source": found.source if found else "—", **summary,
-                 "render_s": round(sum(r["cell_s"] for r in rows), 1)}
-        if found is not None:
-            rec = found.record
-            entry.update({"train_s": rec.get("seconds"), "train_peak_mib": rec.get("peak_mib"),
-                          "file_bytes": found.file.stat().st_size, "steps": rec.get("settings", {}).get("steps")})
-            metrics[name]["file_bytes"] = entry["file_bytes"]
-            res.measurements[name] = {k: rec.get(k) for k in ("seconds", "peak_mib", "memory_method", "device", "trained_at")}
-        per_method.append(entry)
+    return variants
+
+
+def _method_entry(name: str, found: Personalized | None, summary: dict, rows: list[dict],
+                  res: ExperimentResult) -> dict[str, Any]:
+    """One row of the methods table: the summaries, this run's sampling time and the artefact's costs."""
+    entry = {"variant": name, "method": METHOD_TITLES.get(name, "base model (no personalization)"),
+             "source": found.source if found else "—", **summary,
+             "render_s": round(sum(r["cell_s"] for r in rows), 1)}
+    if found is not None:
+        rec = found.record
+        entry.update({"train_s": rec.get("seconds"), "train_peak_mib": rec.get("peak_mib"),
+                      "file_bytes": found.file.stat().st_size, "steps": rec.get("settings", {}).get("steps")})
+        res.measurements[name] = {k: rec.get(k) for k in ("seconds", "peak_mib", "memory_method", "device", "trained_at")}
+    return entry
+
+
+def _report(res: ExperimentResult, ctx: ExperimentContext, config: PersonalizationConfig, inputs: dict[str, Any],
+            per_method: list[dict], per_prompt: list[dict], grids: list) -> None:
+    """The picture grid, the two tables, the headlines and the bar chart of experiment 3."""
+    prompts, token, noun, ident = inputs["prompts"], config.textual_inversion.token, inputs["class_noun"], inputs["identifier"]
     if grids:
         cols = list(prompts) + [f"{CLASS_TEMPLATE.format(class_noun=noun)} (drift check)"]
         res.figures.append(Figure("results_grid", "Base model and each method × the prompts (Figs. 4.18–4.20)", image_grid(
             [imgs for _, imgs in grids], row_labels=[METHOD_TITLES.get(n, "base") for n, _ in grids], col_labels=cols),
-            f"Each cell: seeds {', '.join(map(str, run.seeds))}. Textual inversion writes '{token}' for "
+            f"Each cell: seeds {', '.join(map(str, config.run.seeds))}. Textual inversion writes '{token}' for "
             f"'{ident} {noun}'.", "grid"))
     cols = ["variant", "method", "source", "subject_fidelity", "subject_fidelity_gain", "lpips_like_subject",
             "lpips_like_subject_gain", "prompt_fidelity", "class_drift", "class_drift_lpips_like", "render_s", "train_s",
@@ -442,7 +427,6 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
     pcols = ["variant", "prompt"] + [c for c in ("subject_fidelity", "prompt_fidelity", "lpips_like_subject", "cell_s")
                                      if any(c in r for r in per_prompt)]
     res.tables.append(Table("prompts", "Per prompt (means over seeds)", pcols, per_prompt, feature_extractor=ctx.evalenc_name))
-    res.metrics["variants"] = metrics
     for key in ("subject_fidelity_gain", "lpips_like_subject_gain", "subject_fidelity", "prompt_fidelity", "class_drift"):
         if any(key in e for e in per_method):
             res.headlines.append(f"{COLUMN_LABELS[key]}: " + ", ".join(
@@ -461,6 +445,42 @@ def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -
             panels["file size (bytes)"] = [summarize([e["file_bytes"]]) if "file_bytes" in e else None for e in per_method]
         res.figures.append(Figure("method_bars", "Per-method fidelity, drift and cost", plot_bars(
             names, panels, title="Personalization (means, 95 % CI)", log_panels=("file size (bytes)",)), "", "plot"))
+
+
+def run_personalization(ctx: ExperimentContext, config: PersonalizationConfig) -> ExperimentResult:
+    """Run experiment 3 (see the module doc)."""
+    t_start = time.perf_counter()
+    res = ExperimentResult("personalization", EXPERIMENT_TITLES["personalization"], to_dict(config),
+                           seeds=config.run.seeds)
+    inputs = subject_inputs(ctx.model.image_size, config)
+    ident, noun, subject = inputs["identifier"], inputs["class_noun"], inputs["images"]
+    res.figures.append(Figure("dataset", "The subject: five training views and three held-out views (Fig. 4.17)",
+                              image_grid([[subject], [inputs["held_out"]]], row_labels=["trained on", "held out"],
+                                         col_labels=[f"“{ident} {noun}” ({SUBJECT_SOURCE}, absent from all base training)"]),
+                              f"Subject fidelity is measured against the held-out views only. LoRA captions: "
+                              f"{inputs['captions'][0]}. Prompt kinds: {', '.join(PROMPT_KINDS)}.", "image"))
+    variants = _load_variants(ctx, config, inputs, res)
+    if ctx.evalenc is None:
+        res.skip("evalenc metrics", "no evaluation encoder: subject/prompt fidelity and drift in evalenc space not measured")
+    per_prompt, per_method, grids, base_class, base_values = [], [], [], None, {}
+    metrics: dict[str, Any] = {}
+    for name, model, found in variants:
+        values, rows, images, metrics[name] = _evaluate_variant(ctx, config, name, model, inputs, base_class)
+        if base_class is None:
+            base_class = images[-1]
+        per_prompt += rows
+        grids.append((name, images))
+        summary = {k: summarize(v) for k, v in values.items()}
+        if name == "base":
+            base_values = values
+        else:
+            summary.update(_paired_gains(values, base_values))
+        metrics[name].update(summary)
+        per_method.append(_method_entry(name, found, summary, rows, res))
+        if "file_bytes" in per_method[-1]:
+            metrics[name]["file_bytes"] = per_method[-1]["file_bytes"]
+    res.metrics["variants"] = metrics
+    _report(res, ctx, config, inputs, per_method, per_prompt, grids)
     res.wall_s = time.perf_counter() - t_start
     res.measurements["seconds"] = round(res.wall_s, 2)
     return res
