@@ -51,7 +51,7 @@ from ..editing import _fit_batch
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..samplers.registry import model_schedule
 from ..schedules import DiscreteSchedule
-from .weights import WeightsError, load_state, read_config
+from .weights import WeightsError, load_frozen, read_config
 
 __all__ = [
     "AUG_LABEL_SCALE",
@@ -340,12 +340,8 @@ class CascadeModel:
 def load_unet_component(folder: str | Path, device="cpu", dtype=torch.float32) -> tuple[UNet, dict]:
     """A U-Net component folder (config.json + checksummed safetensors) -> (network, config)."""
     config = read_config(folder)
-    net = UNet(UNetConfig.from_dict(config["network"]))
-    try:
-        net.load_state_dict(load_state(folder), strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the U-Net of its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(UNet(UNetConfig.from_dict(config["network"])), folder, device=device, dtype=dtype,
+                       what="U-Net"), config
 
 
 def residual_settings(config: dict) -> tuple[bool, float]:

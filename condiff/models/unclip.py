@@ -50,7 +50,7 @@ from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..schedules import DiscreteSchedule
 from .cascade import CascadeModel, cascade_base_config, pixel_denoiser
-from .weights import WeightsError, load_state, read_config
+from .weights import WeightsError, load_frozen, read_config
 
 __all__ = [
     "EMBED_DIM",
@@ -329,12 +329,7 @@ class UnCLIPModel:
 
 def _load_component(folder: Path, build: Callable[[dict], nn.Module], device, dtype) -> tuple[nn.Module, dict]:
     config = read_config(folder)
-    net = build(config["network"])
-    try:
-        net.load_state_dict(load_state(folder), strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the network of its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(build(config["network"]), folder, device=device, dtype=dtype), config
 
 
 def _schedule(config: dict) -> DiscreteSchedule:
