@@ -37,7 +37,7 @@ reconstruction artefacts outside the mask, thesis Fig. 4.15).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers import Cond, NetworkDenoiser
+from ..nn.config_dict import config_from_dict, config_to_dict
 from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
 from ..nn.unet import UNet, UNetConfig, count_parameters
 from ..schedules import DiscreteSchedule
@@ -108,14 +109,11 @@ class PriorConfig:
             raise ValueError("prior depth must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PriorConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PriorConfig keys {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class UnCLIPPrior(nn.Module):
@@ -186,14 +184,11 @@ class DecoderConfig:
     embed_tokens: int = 4
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DecoderConfig keys {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class UnCLIPDecoder(nn.Module):

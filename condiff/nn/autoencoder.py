@@ -12,13 +12,14 @@ State-dict keys equal those of diffusers' ``AutoencoderKL`` (``encoder.down_bloc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .attention import SpatialSelfAttention
+from .config_dict import config_from_dict, config_preset, config_to_dict
 from .layers import ResnetBlock, Upsample
 from .unet import DownBlock
 
@@ -59,23 +60,15 @@ class AutoencoderConfig:
         return 2 ** (len(self.block_out_channels) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown AutoencoderConfig keys {unknown}; for a diffusers config.json use "
-                "AutoencoderConfig.from_diffusers_config"
-            )
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     @classmethod
     def preset(cls, name: str) -> "AutoencoderConfig":
-        if name not in AUTOENCODER_PRESETS:
-            raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(AUTOENCODER_PRESETS)}")
-        return cls.from_dict(AUTOENCODER_PRESETS[name])
+        return config_preset(cls, AUTOENCODER_PRESETS, name, "autoencoder")
 
     @classmethod
     def from_diffusers_config(cls, d: dict[str, Any]) -> "AutoencoderConfig":
