@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ..denoisers import Cond, Denoiser, DenoiserWrapper, DiscreteTime, NetworkDenoiser, sigma_batch
 from ..editing import _fit_batch
-from ..nn.unet import UNet, UNetConfig, count_parameters
+from ..nn.unet import UNet, UNetConfig, component_parameter_counts
 from ..samplers.registry import model_schedule
 from ..schedules import DiscreteSchedule
 from .weights import WeightsError, load_frozen, read_config
@@ -324,14 +324,8 @@ class CascadeModel:
         return h * self.sr_factor, w * self.sr_factor
 
     def parameter_counts(self) -> dict[str, int]:
-        out = {}
-        if self.base_unet is not None:
-            out["base U-Net"] = count_parameters(self.base_unet)
-        if self.sr_unet is not None:
-            out["SR U-Net"] = count_parameters(self.sr_unet)
-        if isinstance(self.text_encoder, nn.Module):
-            out["text encoder"] = count_parameters(self.text_encoder)
-        return out
+        return component_parameter_counts({"base U-Net": self.base_unet, "SR U-Net": self.sr_unet,
+                                           "text encoder": self.text_encoder})
 
 
 # --------------------------------------------------------------------------- loading

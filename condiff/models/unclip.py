@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..denoisers import Cond, NetworkDenoiser
 from ..nn.config_dict import config_from_dict, config_to_dict
 from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
-from ..nn.unet import UNet, UNetConfig, count_parameters
+from ..nn.unet import UNet, UNetConfig, component_parameter_counts
 from ..schedules import DiscreteSchedule
 from .cascade import CascadeModel, cascade_base_config, pixel_denoiser
 from .weights import WeightsError, load_frozen, read_config
@@ -306,17 +306,10 @@ class UnCLIPModel:
         return F.normalize(self.image_encoder(images.to(self.device)).float(), dim=-1)
 
     def parameter_counts(self) -> dict[str, int]:
-        out = {}
-        if self.decoder is not None:
-            out["decoder"] = count_parameters(self.decoder)
-        if self.prior is not None:
-            out["prior"] = count_parameters(self.prior)
-        if self.upsampler is not None and self.upsampler.sr_unet is not None:
-            out["SR U-Net"] = count_parameters(self.upsampler.sr_unet)
-        for name, m in (("image encoder", self.image_encoder), ("text encoder", self.text_encoder)):
-            if isinstance(m, nn.Module):
-                out[name] = count_parameters(m)
-        return out
+        return component_parameter_counts({
+            "decoder": self.decoder, "prior": self.prior, "SR U-Net": getattr(self.upsampler, "sr_unet", None),
+            "image encoder": self.image_encoder, "text encoder": self.text_encoder,
+        })
 
 
 # =========================================================================== loading
