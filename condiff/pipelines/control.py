@@ -307,6 +307,7 @@ def control(
     start: float | Sequence[float] = 0.0,
     end: float | Sequence[float] = 1.0,
     controlnets: Mapping[str, Any] | None = None,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,

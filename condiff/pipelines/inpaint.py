@@ -101,6 +101,7 @@ def inpaint(
     prompt: str | Sequence[str],
     *,
     method: str = "model",
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,

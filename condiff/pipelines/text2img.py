@@ -29,6 +29,7 @@ def generate(
     model: LatentDiffusion,
     prompt: str | Sequence[str],
     *,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,
@@ -92,6 +93,7 @@ def sdedit(
     prompt: str | Sequence[str],
     *,
     strength: float = 0.6,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,
