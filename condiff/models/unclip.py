@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers import Cond, NetworkDenoiser
-from ..nn.config_dict import config_from_dict, config_to_dict
+from ..nn.config_dict import ConfigDict
 from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
 from ..nn.unet import UNet, UNetConfig, component_parameter_counts
 from ..schedules import DiscreteSchedule
@@ -92,7 +92,7 @@ def pool_tokens(context: Tensor, mask: Tensor) -> Tensor:
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(ConfigDict):
     embed_dim: int = EMBED_DIM
     text_dim: int = 384
     width: int = 256
@@ -107,13 +107,6 @@ class PriorConfig:
             raise ValueError(f"prior width {self.width} is not divisible by heads={self.heads}")
         if self.depth < 1:
             raise ValueError("prior depth must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PriorConfig":
-        return config_from_dict(cls, d)
 
 
 class UnCLIPPrior(nn.Module):
@@ -177,18 +170,11 @@ class UnCLIPPrior(nn.Module):
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ConfigDict):
     unet: dict[str, Any] = field(default_factory=lambda: cascade_base_config(
         class_embed_type="projection", projection_class_embeddings_input_dim=EMBED_DIM).to_dict())
     embed_dim: int = EMBED_DIM
     embed_tokens: int = 4
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
-        return config_from_dict(cls, d)
 
 
 class UnCLIPDecoder(nn.Module):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import SpatialSelfAttention
-from .config_dict import config_from_dict, config_preset, config_to_dict
+from .config_dict import ConfigDict, config_preset
 from .layers import ResnetBlock, Upsample
 from .unet import DownBlock
 
@@ -27,7 +27,7 @@ __all__ = ["AutoencoderConfig", "AUTOENCODER_PRESETS", "DiagonalGaussian", "Enco
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(ConfigDict):
     """Architecture of an :class:`AutoencoderKL`; f = 2^(len(block_out_channels) − 1)."""
 
     in_channels: int = 3
@@ -58,13 +58,6 @@ class AutoencoderConfig:
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
-        return config_from_dict(cls, d)
 
     @classmethod
     def preset(cls, name: str) -> "AutoencoderConfig":

@@ -8,34 +8,37 @@ fails with a message naming the keys instead of a bare ``TypeError``.
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Mapping, TypeVar
 
-__all__ = ["config_to_dict", "check_config_keys", "config_from_dict", "config_preset"]
+__all__ = ["ConfigDict", "check_config_keys", "config_preset"]
 
 C = TypeVar("C")
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """``dataclasses.asdict`` with top-level tuples written as lists."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-
-
-def check_config_keys(cls: type, d: Mapping[str, Any], known: Iterable[str] | None = None) -> None:
-    """ValueError naming the keys of ``d`` that are not in ``known`` (default: the fields of ``cls``).
+def check_config_keys(cls: type, d: Mapping[str, Any]) -> None:
+    """ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls``.
 
     A class with ``from_diffusers_config`` is named in the message as the way to read diffusers configs.
     """
-    unknown = sorted(set(d) - set(known if known is not None else (f.name for f in fields(cls))))
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
     if unknown:
         hint = (f"; for a diffusers config.json use {cls.__name__}.from_diffusers_config"
                 if hasattr(cls, "from_diffusers_config") else "")
         raise ValueError(f"unknown {cls.__name__} keys {unknown}{hint}")
 
 
-def config_from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
-    """``cls(**d)`` after :func:`check_config_keys`."""
-    check_config_keys(cls, d)
-    return cls(**d)
+class ConfigDict:
+    """Mixin of the dataclass configs: ``to_dict``/``from_dict`` by the rules of this module."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """``dataclasses.asdict`` with top-level tuples written as lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls: type[C], d: Mapping[str, Any]) -> C:
+        """``cls(**d)`` after :func:`check_config_keys`."""
+        check_config_keys(cls, d)
+        return cls(**d)
 
 
 def config_preset(cls: type[C], presets: Mapping[str, Mapping[str, Any]], name: str, label: str) -> C:

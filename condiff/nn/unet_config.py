@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
-from .config_dict import config_from_dict, config_preset, config_to_dict
+from .config_dict import ConfigDict, config_preset
 
 __all__ = ["UNetConfig", "UNET_PRESETS", "CLASS_EMBED_TYPES"]
 
@@ -45,7 +45,7 @@ _NOT_IN_DIFFUSERS = ("sample_size", "attention_levels", "num_attention_heads", "
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ConfigDict):
     """Architecture of a :class:`UNet` (saved as ``config.json`` beside the weights).
 
     ``attention_levels[i]`` says whether level i has spatial transformers (cross-attention when
@@ -175,13 +175,6 @@ class UNetConfig:
             raise ValueError("set either num_class_embeds (embedding table) or class_embed_type, not both")
 
     # ----------------------------------------------------------------- (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        return config_from_dict(cls, d)
-
     @classmethod
     def preset(cls, name: str) -> "UNetConfig":
         return config_preset(cls, UNET_PRESETS, name, "U-Net")
