@@ -30,6 +30,7 @@ __all__ = ["AutoencoderConfig", "AUTOENCODER_PRESETS", "DiagonalGaussian", "Enco
 class AutoencoderConfig(ConfigDict):
     """Architecture of an :class:`AutoencoderKL`; f = 2^(len(block_out_channels) − 1)."""
 
+    # A field table in diffusers' names; other configs' tables have the same shape but nothing to share.
     in_channels: int = 3
     out_channels: int = 3
     latent_channels: int = 4
