@@ -91,6 +91,7 @@ def _probe(trace: str, x: Tensor, noise: NoiseSource | None) -> Tensor | None:
     return (noise.rand(x.shape[1:], device=x.device, dtype=x.dtype) < 0.5).to(x.dtype) * 2 - 1
 
 
+# The keyword options below match other signatures (e.g. personalize.captions) by shape only.
 def ode_log_likelihood(
     denoiser,
     x: Tensor,
