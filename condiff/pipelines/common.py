@@ -19,8 +19,8 @@ from ..noise import NoiseSource
 from ..samplers.registry import get_sampler, make_sigmas, sampler_info
 from ..models.ldm import LatentDiffusion
 
-__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "noise_for", "progress",
-           "check_request", "sampler_knobs", "prepare"]
+__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "prompt_param", "noise_for",
+           "progress", "check_request", "sampler_knobs", "prepare"]
 
 
 @dataclass
@@ -54,6 +54,11 @@ def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
 
         raise InputError(f"got {len(prompts)} prompts for a batch of {batch}; give one prompt or one per image")
     return prompts
+
+
+def prompt_param(prompts: list[str]) -> str | list[str]:
+    """The prompt as a result's params record it: the one prompt when all are equal, else the list."""
+    return prompts[0] if len(set(prompts)) == 1 else prompts
 
 
 def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:

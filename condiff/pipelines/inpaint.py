@@ -29,8 +29,8 @@ from ..models.ldm import LatentDiffusion
 from ..noise import NoiseSource
 from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, progress, run_sampler,
-    sampler_knobs, to_unit,
+    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, progress,
+    prompt_param, run_sampler, sampler_knobs, to_unit,
 )
 
 __all__ = ["inpaint", "INPAINT_METHODS", "DEFAULT_BLEND"]
@@ -163,7 +163,7 @@ def inpaint(
         if composite else raw
     out = out.clamp(0, 1)  # Poisson blending and colour matching can overshoot; images are in [0, 1]
     params = base_params(
-        model, pipeline="inpaint", method=method, prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
+        model, pipeline="inpaint", method=method, prompt=prompt_param(prompts),
         negative=negative, guidance=guidance, steps=n_steps, sampler=sampler, schedule=schedule or "default",
         eta=eta, seeds=list(noise.seeds), blend=blend,
         color_match=color_match, feather=feather, composite=composite, crop_to_mask=crop_to_mask,
