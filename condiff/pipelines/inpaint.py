@@ -29,8 +29,8 @@ from ..models.ldm import LatentDiffusion
 from ..noise import NoiseSource
 from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, progress,
-    prompt_param, run_sampler, sampler_knobs, to_unit,
+    PipelineResult, as_prompt_list, base_params, chain_callbacks, check_request, from_unit, noise_for, prepare,
+    progress, prompt_param, run_sampler, sampler_knobs, to_unit,
 )
 
 __all__ = ["inpaint", "INPAINT_METHODS", "DEFAULT_BLEND"]
@@ -76,15 +76,10 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
         z = wrapped.finalize(z)
     elif method == "repaint":
         bar, close = progress(len(sigmas) * resamples, "repaint", show_progress)
-
-        def cb(info: dict) -> None:
-            for fn in (bar, callback):
-                if fn is not None:
-                    fn(info)
-
         try:
-            z = repaint_sample(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=cb, mask=m_lat,
-                               known=z_known, jump_length=jump_length, resamples=resamples)
+            z = repaint_sample(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise,
+                               callback=chain_callbacks(bar, callback), mask=m_lat, known=z_known,
+                               jump_length=jump_length, resamples=resamples)
         finally:
             close()
     else:
