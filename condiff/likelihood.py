@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .denoisers import Cond
 from .noise import NoiseSource
+from .samplers.registry import check_count
 
 __all__ = ["LikelihoodResult", "divergence", "ode_log_likelihood", "bits_per_dim", "TRACE_METHODS", "INTEGRATORS"]
 
@@ -90,6 +91,7 @@ def _probe(trace: str, x: Tensor, noise: NoiseSource | None) -> Tensor | None:
     return (noise.rand(x.shape[1:], device=x.device, dtype=x.dtype) < 0.5).to(x.dtype) * 2 - 1
 
 
+# The keyword options below match other signatures (e.g. personalize.captions) by shape only.
 def ode_log_likelihood(
     denoiser,
     x: Tensor,
@@ -142,8 +144,7 @@ def ode_log_likelihood(
     if method == "rk45":
         latent, delta = _solve_rk45(field, x, u0, u1, rtol, atol)
     else:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+        check_count("steps", steps, 1)
         latent, delta = _solve_heun(field, x, u0, u1, steps)
     prior_std = math.sqrt(s_hi**2 + sigma_data**2)
     flat = latent.reshape(B, -1).double()

@@ -70,6 +70,18 @@ def test_corrupted_weights_give_clear_error(tmp_path):
         load_weights(dst)
 
 
+def test_load_frozen_fills_freezes_and_names_a_misfit(tmp_path):
+    from condiff.models.weights import load_frozen, save_weights
+
+    src = torch.nn.Linear(3, 2)
+    save_weights(src.state_dict(), tmp_path / "lin", {"kind": "test"}, dtype=None)
+    net = load_frozen(torch.nn.Linear(3, 2), tmp_path / "lin", dtype=torch.float64)
+    assert torch.equal(net.weight, src.weight.detach().double())
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    with pytest.raises(WeightsError, match=r"weights in .*lin do not fit the toy net of its config.json"):
+        load_frozen(torch.nn.Linear(4, 2), tmp_path / "lin", what="toy net")
+
+
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model"):
         registry.load_model("no-such-model")

@@ -23,6 +23,14 @@ def test_generate_shape_and_seed_independent_of_batch(model):
     assert a.params["seeds"] == [10, 11, 12] and a.params_for(2)["seed"] == 12
 
 
+def test_params_record_one_prompt_or_the_list_and_callbacks_see_each_step(model):
+    seen = []
+    same = generate(model, ["a cat", "a cat"], steps=3, show_progress=False, callback=lambda i: seen.append(i["i"]))
+    assert same.params["prompt"] == "a cat" and seen == [0, 1, 2]
+    mixed = generate(model, ["a cat", "a dog"], steps=3, show_progress=False)
+    assert mixed.params["prompt"] == ["a cat", "a dog"] and mixed.params_for(1)["prompt"] == "a dog"
+
+
 def test_generate_deterministic_and_guidance_matters(model):
     kw = dict(steps=3, seed=4, show_progress=False, sampler="euler")
     x1 = generate(model, "a red dog", guidance=1.0, **kw).images

@@ -303,6 +303,10 @@ def test_bad_arguments_raise_clear_errors(den):
         sample(den, (2, 2), sigmas=sig, steps=5)
     with pytest.raises(ValueError, match="sde"):
         get_sampler("euler_maruyama")(den, x, sig, noise=NoiseSource(0, 2), sde="vp")
+    for name, knob, bad in (("langevin", "n_steps", 0), ("langevin", "n_steps", True), ("pc", "n_corrector", -1),
+                            ("pc", "n_corrector", 1.0)):
+        with pytest.raises(ValueError, match=f"{knob} must be an integer ≥ {int(name == 'langevin')}, got {bad!r}"):
+            get_sampler(name)(den, x, sig, noise=NoiseSource(0, 2), **{knob: bad})
 
 
 def test_cond_reaches_the_denoiser(mixture):

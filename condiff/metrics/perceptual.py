@@ -168,6 +168,7 @@ def remap_torchvision_features(state: dict[str, Tensor], target_keys: list[str])
     (``slice1.0.weight`` for AlexNet/VGG, ``slices.0.0.weight`` / ``slices.3.3.squeeze.weight`` for
     SqueezeNet); the index and the rest of the key identify the torchvision key.
     """
+    # Same shape as models.sd_keymap.extract_ema (map keys, list the missing), other key rules: kept apart.
     out: dict[str, Tensor] = {}
     missing = []
     for key in target_keys:

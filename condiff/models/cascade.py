@@ -48,10 +48,10 @@ from torch import Tensor, nn
 
 from ..denoisers import Cond, Denoiser, DenoiserWrapper, DiscreteTime, NetworkDenoiser, sigma_batch
 from ..editing import _fit_batch
-from ..nn.unet import UNet, UNetConfig, count_parameters
+from ..nn.unet import UNet, UNetConfig, component_parameter_counts
 from ..samplers.registry import model_schedule
 from ..schedules import DiscreteSchedule
-from .weights import WeightsError, load_state, read_config
+from .weights import WeightsError, load_frozen, read_config
 
 __all__ = [
     "AUG_LABEL_SCALE",
@@ -324,14 +324,8 @@ class CascadeModel:
         return h * self.sr_factor, w * self.sr_factor
 
     def parameter_counts(self) -> dict[str, int]:
-        out = {}
-        if self.base_unet is not None:
-            out["base U-Net"] = count_parameters(self.base_unet)
-        if self.sr_unet is not None:
-            out["SR U-Net"] = count_parameters(self.sr_unet)
-        if isinstance(self.text_encoder, nn.Module):
-            out["text encoder"] = count_parameters(self.text_encoder)
-        return out
+        return component_parameter_counts({"base U-Net": self.base_unet, "SR U-Net": self.sr_unet,
+                                           "text encoder": self.text_encoder})
 
 
 # --------------------------------------------------------------------------- loading
@@ -340,12 +334,8 @@ class CascadeModel:
 def load_unet_component(folder: str | Path, device="cpu", dtype=torch.float32) -> tuple[UNet, dict]:
     """A U-Net component folder (config.json + checksummed safetensors) -> (network, config)."""
     config = read_config(folder)
-    net = UNet(UNetConfig.from_dict(config["network"]))
-    try:
-        net.load_state_dict(load_state(folder), strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the U-Net of its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(UNet(UNetConfig.from_dict(config["network"])), folder, device=device, dtype=dtype,
+                       what="U-Net"), config
 
 
 def residual_settings(config: dict) -> tuple[bool, float]:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..schedules import DiscreteSchedule
 from .ldm import LatentDiffusion
-from .weights import WeightsError, load_state, read_config
+from .weights import WeightsError, load_frozen, read_config
 
 __all__ = [
     "WEIGHTS_DIR",
@@ -118,13 +118,7 @@ def load_component(name: str, device: str | torch.device = "cpu", dtype: torch.d
             f"no built-in component {name!r} in {WEIGHTS_DIR}; available: {', '.join(known) or 'none'}"
         )
     config = read_config(folder)
-    net = build_network(config)
-    state = load_state(folder)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the network described by its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(build_network(config), folder, device=device, dtype=dtype), config
 
 
 def _schedule(config: dict) -> DiscreteSchedule:

@@ -87,6 +87,7 @@ def load_component_state(folder: str | Path) -> dict[str, Tensor]:
     return state
 
 
+# Same steps as weights.read_config, other contract: a diffusers folder's errors are FileNotFoundError/ValueError.
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"missing {path}; the diffusers folder is incomplete")

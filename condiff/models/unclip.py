@@ -37,7 +37,7 @@ reconstruction artefacts outside the mask, thesis Fig. 4.15).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -46,11 +46,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers import Cond, NetworkDenoiser
+from ..nn.config_dict import ConfigDict
 from ..nn.layers import SinusoidalEmbedding, TimestepEmbedding
-from ..nn.unet import UNet, UNetConfig, count_parameters
+from ..nn.unet import UNet, UNetConfig, component_parameter_counts
 from ..schedules import DiscreteSchedule
 from .cascade import CascadeModel, cascade_base_config, pixel_denoiser
-from .weights import WeightsError, load_state, read_config
+from .weights import WeightsError, load_frozen, read_config
 
 __all__ = [
     "EMBED_DIM",
@@ -91,7 +92,7 @@ def pool_tokens(context: Tensor, mask: Tensor) -> Tensor:
 
 
 @dataclass
-class PriorConfig:
+class PriorConfig(ConfigDict):
     embed_dim: int = EMBED_DIM
     text_dim: int = 384
     width: int = 256
@@ -106,16 +107,6 @@ class PriorConfig:
             raise ValueError(f"prior width {self.width} is not divisible by heads={self.heads}")
         if self.depth < 1:
             raise ValueError("prior depth must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PriorConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PriorConfig keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class UnCLIPPrior(nn.Module):
@@ -179,21 +170,11 @@ class UnCLIPPrior(nn.Module):
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ConfigDict):
     unet: dict[str, Any] = field(default_factory=lambda: cascade_base_config(
         class_embed_type="projection", projection_class_embeddings_input_dim=EMBED_DIM).to_dict())
     embed_dim: int = EMBED_DIM
     embed_tokens: int = 4
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DecoderConfig keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class UnCLIPDecoder(nn.Module):
@@ -311,17 +292,10 @@ class UnCLIPModel:
         return F.normalize(self.image_encoder(images.to(self.device)).float(), dim=-1)
 
     def parameter_counts(self) -> dict[str, int]:
-        out = {}
-        if self.decoder is not None:
-            out["decoder"] = count_parameters(self.decoder)
-        if self.prior is not None:
-            out["prior"] = count_parameters(self.prior)
-        if self.upsampler is not None and self.upsampler.sr_unet is not None:
-            out["SR U-Net"] = count_parameters(self.upsampler.sr_unet)
-        for name, m in (("image encoder", self.image_encoder), ("text encoder", self.text_encoder)):
-            if isinstance(m, nn.Module):
-                out[name] = count_parameters(m)
-        return out
+        return component_parameter_counts({
+            "decoder": self.decoder, "prior": self.prior, "SR U-Net": getattr(self.upsampler, "sr_unet", None),
+            "image encoder": self.image_encoder, "text encoder": self.text_encoder,
+        })
 
 
 # =========================================================================== loading
@@ -329,12 +303,7 @@ class UnCLIPModel:
 
 def _load_component(folder: Path, build: Callable[[dict], nn.Module], device, dtype) -> tuple[nn.Module, dict]:
     config = read_config(folder)
-    net = build(config["network"])
-    try:
-        net.load_state_dict(load_state(folder), strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the network of its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(build(config["network"]), folder, device=device, dtype=dtype), config
 
 
 def _schedule(config: dict) -> DiscreteSchedule:

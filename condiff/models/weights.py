@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ModelError
 from ..io import atomic_path, sha256_file
 
-__all__ = ["save_weights", "load_weights", "load_state", "read_config", "sha256_file", "WeightsError",
+__all__ = ["save_weights", "load_weights", "load_state", "load_frozen", "read_config", "sha256_file", "WeightsError",
            "quantize_int8", "dequantize_int8"]
 
 MAX_SHARD_BYTES = 15 * 1024 * 1024
@@ -156,3 +156,17 @@ def load_state(folder: str | Path, *, verify: bool = True) -> dict[str, Tensor]:
     int8 shards with per-channel scales dequantized (:func:`dequantize_int8`); checksums verified."""
     state = load_weights(folder, verify=verify)  # already dequantized
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_frozen(net: nn.Module, folder: str | Path, *, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, what: str = "network") -> nn.Module:
+    """Fill ``net`` (built from the folder's config.json) with the folder's verified weights, strictly,
+    and return it on ``device``/``dtype`` in eval mode without gradients.
+
+    A state dict that does not fit raises a :class:`WeightsError` naming the folder and ``what``.
+    """
+    try:
+        net.load_state_dict(load_state(folder), strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"weights in {folder} do not fit the {what} of its config.json: {err}") from err
+    return net.to(device=device, dtype=dtype).eval().requires_grad_(False)

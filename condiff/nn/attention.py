@@ -163,6 +163,7 @@ class TransformerBlock(nn.Module):
     self-attention-only block for networks not conditioned on tokens.
     """
 
+    # A keyword-only signature whose shape alone matches other functions' (e.g. langevin_corrector): nothing shared.
     def __init__(
         self,
         dim: int,

@@ -12,13 +12,14 @@ State-dict keys equal those of diffusers' ``AutoencoderKL`` (``encoder.down_bloc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .attention import SpatialSelfAttention
+from .config_dict import ConfigDict, config_preset
 from .layers import ResnetBlock, Upsample
 from .unet import DownBlock
 
@@ -26,9 +27,10 @@ __all__ = ["AutoencoderConfig", "AUTOENCODER_PRESETS", "DiagonalGaussian", "Enco
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(ConfigDict):
     """Architecture of an :class:`AutoencoderKL`; f = 2^(len(block_out_channels) − 1)."""
 
+    # A field table in diffusers' names; other configs' tables have the same shape but nothing to share.
     in_channels: int = 3
     out_channels: int = 3
     latent_channels: int = 4
@@ -58,24 +60,9 @@ class AutoencoderConfig:
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoencoderConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown AutoencoderConfig keys {unknown}; for a diffusers config.json use "
-                "AutoencoderConfig.from_diffusers_config"
-            )
-        return cls(**d)
-
     @classmethod
     def preset(cls, name: str) -> "AutoencoderConfig":
-        if name not in AUTOENCODER_PRESETS:
-            raise ValueError(f"unknown autoencoder preset {name!r}; choose one of {sorted(AUTOENCODER_PRESETS)}")
-        return cls.from_dict(AUTOENCODER_PRESETS[name])
+        return config_preset(cls, AUTOENCODER_PRESETS, name, "autoencoder")
 
     @classmethod
     def from_diffusers_config(cls, d: dict[str, Any]) -> "AutoencoderConfig":

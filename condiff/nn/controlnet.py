@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..denoisers import Cond
+from .config_dict import check_config_keys
 from .unet import UNET_PRESETS, UNet, UNetConfig, UNetEncoder
 
 __all__ = ["ControlNetConfig", "ConditioningEmbedding", "ControlNet", "ControlledUNet", "sum_controls"]
@@ -67,14 +68,7 @@ class ControlNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ControlNetConfig":
-        known = {"unet", "conditioning_channels", "conditioning_embedding_out_channels",
-                 "conditioning_channel_order", "global_pool_conditions"}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ControlNetConfig keys {unknown}; for a diffusers config.json use "
-                "ControlNetConfig.from_diffusers_config"
-            )
+        check_config_keys(cls, d)
         return cls(**{**d, "unet": UNetConfig.from_dict(d["unet"]) if "unet" in d else UNetConfig()})
 
     @classmethod

@@ -14,13 +14,14 @@ Every table names it "condiff-evalenc (LiT vs. MiniLM)", never "CLIP".
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config_dict import ConfigDict
 from .layers import Downsample, ResnetBlock
 
 __all__ = ["ImageEncoderConfig", "ImageEncoder", "contrastive_loss", "EVALENC_NAME"]
@@ -29,7 +30,7 @@ EVALENC_NAME = "condiff-evalenc (LiT vs. MiniLM)"
 
 
 @dataclass
-class ImageEncoderConfig:
+class ImageEncoderConfig(ConfigDict):
     in_channels: int = 3
     image_size: int = 128
     block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
@@ -41,13 +42,9 @@ class ImageEncoderConfig:
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        return d
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageEncoderConfig":
+        """Unlike the other configs (:class:`ConfigDict`), keys it does not know are dropped."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

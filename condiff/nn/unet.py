@@ -19,7 +19,7 @@ middle block) is shared with :class:`condiff.nn.controlnet.ControlNet`, its trai
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,12 +29,19 @@ from .attention import SpatialTransformer
 from .layers import Downsample, ResnetBlock, SinusoidalEmbedding, TimestepEmbedding, Upsample, maybe_checkpoint
 from .unet_config import UNET_PRESETS, UNetConfig
 
-__all__ = ["UNetConfig", "UNET_PRESETS", "DownBlock", "MidBlock", "UpBlock", "UNetEncoder", "UNet", "count_parameters"]
+__all__ = ["UNetConfig", "UNET_PRESETS", "DownBlock", "MidBlock", "UpBlock", "UNetEncoder", "UNet", "count_parameters",
+           "component_parameter_counts"]
 
 
 def count_parameters(module: nn.Module) -> int:
     """Number of parameter elements (works on the meta device)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def component_parameter_counts(components: Mapping[str, object]) -> dict[str, int]:
+    """``{name: count_parameters(m)}`` of a model's components, in order, skipping those that are not
+    modules (absent: None; or plain callables such as a text encoder that is a function)."""
+    return {name: count_parameters(m) for name, m in components.items() if isinstance(m, nn.Module)}
 
 
 # ===================================================================== blocks

@@ -7,8 +7,10 @@ diffusers ``config.json`` converts both ways (:meth:`UNetConfig.from_diffusers_c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
+
+from .config_dict import ConfigDict, config_preset
 
 __all__ = ["UNetConfig", "UNET_PRESETS", "CLASS_EMBED_TYPES"]
 
@@ -43,7 +45,7 @@ _NOT_IN_DIFFUSERS = ("sample_size", "attention_levels", "num_attention_heads", "
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ConfigDict):
     """Architecture of a :class:`UNet` (saved as ``config.json`` beside the weights).
 
     ``attention_levels[i]`` says whether level i has spatial transformers (cross-attention when
@@ -173,25 +175,9 @@ class UNetConfig:
             raise ValueError("set either num_class_embeds (embedding table) or class_embed_type, not both")
 
     # ----------------------------------------------------------------- (de)serialisation
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown UNetConfig keys {unknown}; for a diffusers config.json use UNetConfig.from_diffusers_config"
-            )
-        return cls(**d)
-
     @classmethod
     def preset(cls, name: str) -> "UNetConfig":
-        if name not in UNET_PRESETS:
-            raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(UNET_PRESETS)}")
-        return cls.from_dict(UNET_PRESETS[name])
+        return config_preset(cls, UNET_PRESETS, name, "U-Net")
 
     @classmethod
     def from_diffusers_config(cls, d: dict[str, Any]) -> "UNetConfig":

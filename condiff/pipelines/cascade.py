@@ -32,7 +32,9 @@ from ..models.cascade import CascadeModel, augmentation_label, downsample
 from ..noise import NoiseSource
 from .. import validate as V
 from ..samplers.registry import sampler_info
-from .common import PipelineResult, as_prompt_list, check_request, noise_for, run_sampler, schedule_for
+from .common import (
+    PipelineResult, as_prompt_list, check_request, noise_for, prompt_param, run_sampler, schedule_for,
+)
 
 __all__ = ["generate", "upscale", "sample_base", "super_resolve", "inpaint", "INPAINT_METHODS"]
 
@@ -126,10 +128,9 @@ def generate(model: CascadeModel, prompt: str | Sequence[str], *, negative: str 
     low = sample_base(model, prompts, negative, guidance, steps, sampler, schedule, noise, show_progress, size)
     high = super_resolve(model, low, prompts, noise_level=level, guidance=sr_guidance, steps=sr_steps or steps,
                          sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress)
-    params = {"model": model.name, "pipeline": "cascade-text2img", "prompt": prompts[0] if len(set(prompts)) == 1
-              else prompts, "negative": negative, "guidance": guidance, "sr_guidance": sr_guidance,
-              "noise_level": level, "sampler": sampler, "steps": steps, "sr_steps": sr_steps or steps,
-              "seeds": list(noise.seeds)}
+    params = {"model": model.name, "pipeline": "cascade-text2img", "prompt": prompt_param(prompts),
+              "negative": negative, "guidance": guidance, "sr_guidance": sr_guidance, "noise_level": level,
+              "sampler": sampler, "steps": steps, "sr_steps": sr_steps or steps, "seeds": list(noise.seeds)}
     return PipelineResult(_unit(high), params, extras={"stage1": _unit(low)})
 
 
@@ -208,10 +209,9 @@ def inpaint(model: CascadeModel, image: Tensor, mask: Tensor, prompt: str | Sequ
                         sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress,
                         mask=mask_hi, known=known_hi)
     raw01 = _unit(raw)
-    params = {"model": model.name, "pipeline": f"cascade-inpaint-{method}", "prompt": prompts[0]
-              if len(set(prompts)) == 1 else prompts, "negative": negative, "guidance": guidance,
-              "sr_guidance": sr_guidance, "noise_level": level, "sampler": sampler, "steps": steps,
-              "sr_steps": sr_steps or steps, "seeds": list(noise.seeds)}
+    params = {"model": model.name, "pipeline": f"cascade-inpaint-{method}", "prompt": prompt_param(prompts),
+              "negative": negative, "guidance": guidance, "sr_guidance": sr_guidance, "noise_level": level,
+              "sampler": sampler, "steps": steps, "sr_steps": sr_steps or steps, "seeds": list(noise.seeds)}
     if method == "repaint":
         params.update(jump_length=jump_length, resamples=resamples)
     return PipelineResult(composite(image.cpu(), raw01, mask.cpu()), params,

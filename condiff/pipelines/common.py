@@ -19,8 +19,8 @@ from ..noise import NoiseSource
 from ..samplers.registry import get_sampler, make_sigmas, sampler_info
 from ..models.ldm import LatentDiffusion
 
-__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "noise_for", "progress",
-           "check_request", "sampler_knobs", "prepare"]
+__all__ = ["PipelineResult", "guided_denoiser", "run_sampler", "as_prompt_list", "prompt_param", "noise_for",
+           "progress", "chain_callbacks", "check_request", "sampler_knobs", "prepare"]
 
 
 @dataclass
@@ -54,6 +54,11 @@ def as_prompt_list(prompt: str | Sequence[str], batch: int) -> list[str]:
 
         raise InputError(f"got {len(prompts)} prompts for a batch of {batch}; give one prompt or one per image")
     return prompts
+
+
+def prompt_param(prompts: list[str]) -> str | list[str]:
+    """The prompt as a result's params record it: the one prompt when all are equal, else the list."""
+    return prompts[0] if len(set(prompts)) == 1 else prompts
 
 
 def noise_for(seed: int | Sequence[int], batch: int) -> NoiseSource:
@@ -156,6 +161,17 @@ def progress(total: int, desc: str, enabled: bool = True) -> tuple[Callable[[dic
     return cb, bar.close
 
 
+def chain_callbacks(*callbacks: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """One sampler callback that calls each of ``callbacks`` in order (None entries skipped)."""
+    active = [fn for fn in callbacks if fn is not None]
+
+    def cb(info: dict) -> None:
+        for fn in active:
+            fn(info)
+
+    return cb
+
+
 def run_sampler(
     denoiser: Denoiser,
     x: Tensor,
@@ -170,15 +186,9 @@ def run_sampler(
 ) -> Tensor:
     fn = get_sampler(sampler)
     bar_cb, close = progress(len(sigmas) - 1, sampler, show_progress)
-
-    def cb(info: dict) -> None:
-        if bar_cb:
-            bar_cb(info)
-        if callback:
-            callback(info)
-
     try:
-        return fn(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=cb, **knobs)
+        return fn(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=chain_callbacks(bar_cb, callback),
+                  **knobs)
     finally:
         close()
 

@@ -159,19 +159,14 @@ class ControlSchedule(DenoiserWrapper):
 def load_controlnet_folder(folder: str | Path, device: str | torch.device = "cpu",
                            dtype: torch.dtype = torch.float32) -> tuple[ControlNet, dict]:
     """A ControlNet component folder (config.json + checksummed shards, int8 or float) -> (net, config)."""
-    from ..models.weights import WeightsError, load_state, read_config
+    from ..models.weights import WeightsError, load_frozen, read_config
 
     folder = Path(folder)
     config = read_config(folder)
     if config.get("kind") != "controlnet":
         raise WeightsError(f"{folder} holds a {config.get('kind')!r} component, not a ControlNet")
-    state = load_state(folder)
     net = ControlNet(ControlNetConfig.from_dict(config["network"]))
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"weights in {folder} do not fit the ControlNet of its config.json: {err}") from err
-    return net.to(device=device, dtype=dtype).eval().requires_grad_(False), config
+    return load_frozen(net, folder, device=device, dtype=dtype, what="ControlNet"), config
 
 
 def controlnet_component(kind: str) -> str:
@@ -312,6 +307,7 @@ def control(
     start: float | Sequence[float] = 0.0,
     end: float | Sequence[float] = 1.0,
     controlnets: Mapping[str, Any] | None = None,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,

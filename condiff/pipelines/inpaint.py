@@ -29,8 +29,8 @@ from ..models.ldm import LatentDiffusion
 from ..noise import NoiseSource
 from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, progress, run_sampler,
-    sampler_knobs, to_unit,
+    PipelineResult, as_prompt_list, base_params, chain_callbacks, check_request, from_unit, noise_for, prepare,
+    progress, prompt_param, run_sampler, sampler_knobs, to_unit,
 )
 
 __all__ = ["inpaint", "INPAINT_METHODS", "DEFAULT_BLEND"]
@@ -76,15 +76,10 @@ def _run(model: LatentDiffusion, image: Tensor, mask: Tensor, prompts: list[str]
         z = wrapped.finalize(z)
     elif method == "repaint":
         bar, close = progress(len(sigmas) * resamples, "repaint", show_progress)
-
-        def cb(info: dict) -> None:
-            for fn in (bar, callback):
-                if fn is not None:
-                    fn(info)
-
         try:
-            z = repaint_sample(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise, callback=cb, mask=m_lat,
-                               known=z_known, jump_length=jump_length, resamples=resamples)
+            z = repaint_sample(denoiser, x, sigmas.to(x.device), cond=cond, noise=noise,
+                               callback=chain_callbacks(bar, callback), mask=m_lat, known=z_known,
+                               jump_length=jump_length, resamples=resamples)
         finally:
             close()
     else:
@@ -101,6 +96,7 @@ def inpaint(
     prompt: str | Sequence[str],
     *,
     method: str = "model",
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,
@@ -162,7 +158,7 @@ def inpaint(
         if composite else raw
     out = out.clamp(0, 1)  # Poisson blending and colour matching can overshoot; images are in [0, 1]
     params = base_params(
-        model, pipeline="inpaint", method=method, prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
+        model, pipeline="inpaint", method=method, prompt=prompt_param(prompts),
         negative=negative, guidance=guidance, steps=n_steps, sampler=sampler, schedule=schedule or "default",
         eta=eta, seeds=list(noise.seeds), blend=blend,
         color_match=color_match, feather=feather, composite=composite, crop_to_mask=crop_to_mask,

@@ -17,8 +17,8 @@ from ..editing import sdedit_start, sdedit_steps
 from ..models.ldm import LatentDiffusion
 from .. import validate as V
 from .common import (
-    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, run_sampler,
-    sampler_knobs, to_unit,
+    PipelineResult, as_prompt_list, base_params, check_request, from_unit, noise_for, prepare, prompt_param,
+    run_sampler, sampler_knobs, to_unit,
 )
 
 __all__ = ["generate", "sdedit"]
@@ -29,6 +29,7 @@ def generate(
     model: LatentDiffusion,
     prompt: str | Sequence[str],
     *,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,
@@ -68,7 +69,7 @@ def generate(
                   extra_cond=extra_cond, callback=callback)
         parts = [generate(model, p, seed=s, batch_size=1, **kw) for p, s in zip(prompts, noise.seeds)]
         params = dict(parts[0].params, seeds=list(noise.seeds), deterministic=True,
-                      prompt=prompts if len(set(prompts)) > 1 else prompts[0])
+                      prompt=prompt_param(prompts))
         return PipelineResult(torch.cat([r.images for r in parts]), params, torch.cat([r.latents for r in parts]))
     shape = model.latent_shape(height, width)
     guidance, denoiser, cond, sigmas = prepare(model, prompts, negative, guidance, steps, sampler, schedule,
@@ -78,7 +79,7 @@ def generate(
                           callback=callback, **sampler_knobs(sampler, eta))
     images = to_unit(model.decode(latents))
     params = base_params(
-        model, pipeline="text2img", prompt=prompts if len(set(prompts)) > 1 else prompts[0], negative=negative,
+        model, pipeline="text2img", prompt=prompt_param(prompts), negative=negative,
         guidance=guidance, steps=len(sigmas) - 1, sampler=sampler, schedule=schedule or "default",
         seeds=list(noise.seeds), height=height, width=width, eta=eta,
     )
@@ -92,6 +93,7 @@ def sdedit(
     prompt: str | Sequence[str],
     *,
     strength: float = 0.6,
+    # The request options every pipeline takes (see check_request), spelled out: the signature is the API.
     negative: str | Sequence[str] = "",
     guidance: float | None = None,
     steps: int | None = None,
@@ -116,7 +118,7 @@ def sdedit(
                                                base=base, extra_cond=extra_cond)
     noise = noise_for(seed, batch)
     params = base_params(
-        model, pipeline="sdedit", prompt=prompts[0] if len(set(prompts)) == 1 else prompts, negative=negative,
+        model, pipeline="sdedit", prompt=prompt_param(prompts), negative=negative,
         guidance=guidance, steps=len(sigmas) - 1, strength=strength, sampler=sampler, seeds=list(noise.seeds),
         steps_run=sdedit_steps(len(sigmas) - 1, strength), schedule=schedule or "default", eta=eta,
     )

@@ -34,7 +34,9 @@ from ..noise import NoiseSource
 from .cascade import super_resolve
 from .. import validate as V
 from ..samplers.registry import sampler_info
-from .common import PipelineResult, as_prompt_list, check_request, noise_for, run_sampler, schedule_for
+from .common import (
+    PipelineResult, as_prompt_list, check_request, noise_for, prompt_param, run_sampler, schedule_for,
+)
 
 __all__ = ["sample_embeddings", "decode", "generate", "variations", "inpaint"]
 
@@ -124,7 +126,7 @@ def generate(model: UnCLIPModel, prompt: str | Sequence[str], *, negative: str =
                             sampler=sampler, schedule=schedule, noise=noise, show_progress=show_progress)
     high, low = decode(model, emb, prompts, guidance=guidance, steps=steps, sampler=sampler, schedule=schedule,
                        noise=noise, noise_level=noise_level, sr_steps=sr_steps, show_progress=show_progress)
-    params = _params(model, "unclip-text2img", prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
+    params = _params(model, "unclip-text2img", prompt=prompt_param(prompts),
                      negative=negative, prior_guidance=prior_guidance, guidance=guidance, sampler=sampler,
                      steps=steps, seeds=list(noise.seeds))
     return PipelineResult(_unit(high), params, extras={"embeddings": emb.cpu(), "decoder": _unit(low)})
@@ -206,7 +208,7 @@ def inpaint(model: UnCLIPModel, image: Tensor, mask: Tensor, prompt: str | Seque
         raw = mask_hi * up + (1 - mask_hi) * known_hi
         upsampler = "bicubic" if factor > 1 else "none"
     raw01 = _unit(raw)
-    params = _params(model, "unclip-inpaint", prompt=prompts[0] if len(set(prompts)) == 1 else prompts,
+    params = _params(model, "unclip-inpaint", prompt=prompt_param(prompts),
                      embedding=embedding, guidance=guidance_v, prior_guidance=prior_guidance, sampler=sampler,
                      steps=steps, seeds=list(noise.seeds))
     params["upsampler"] = upsampler

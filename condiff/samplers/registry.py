@@ -46,6 +46,7 @@ __all__ = [
     "SCHEDULES",
     "prepare_sigmas",
     "start",
+    "check_count",
     "require_noise",
     "sigma_vector",
     "report_step",
@@ -141,8 +142,7 @@ def make_sigmas(
     ``rho`` shapes the Karras schedule; ``spacing`` ("trailing", "leading", "linspace") picks the
     timesteps of the ``model`` schedule (:meth:`DiscreteSchedule.timestep_sigmas`).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+    check_count("steps", steps, 1)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     table = model_schedule(denoiser)
@@ -184,6 +184,13 @@ def start(sigmas: Tensor, x: Tensor, noise: NoiseSource | None = None, stochasti
     if stochastic is not None:
         noise = require_noise(noise, x, stochastic)
     return s, noise
+
+
+def check_count(name: str, value, minimum: int) -> int:
+    """A count knob (steps, Langevin steps, corrector steps): an ``int`` ≥ ``minimum``, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
 
 
 def require_noise(noise: NoiseSource | None, x: Tensor, sampler: str) -> NoiseSource:
