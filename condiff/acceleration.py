@@ -79,11 +79,15 @@ COMPILE = SpeedOptions(fused_qkv=True, channels_last=True, compile=True)
 """``--compile``: FAST plus torch.compile of the U-Net and decoder (compiles once per shape)."""
 
 
-def resolve_speed(fast: bool = False, compile: bool = False) -> SpeedOptions | None:
-    """The preset of the CLI flags ``--fast`` / ``--compile`` (None: plain eager)."""
-    if compile:
-        return COMPILE
-    return FAST if fast else None
+def resolve_speed(fast: bool = False, compile: bool = False, fp8: bool = False) -> SpeedOptions | None:
+    """The preset of the CLI flags ``--fast`` / ``--compile`` / ``--fp8`` (None: plain eager).
+
+    ``fp8`` takes the place of the fused QKV projections (it replaces the layers they would stack).
+    """
+    options = COMPILE if compile else FAST if fast else None
+    if fp8:
+        options = replace(options or SpeedOptions(channels_last=True), fused_qkv=False, fp8=True)
+    return options
 
 
 def fuse_qkv(net: nn.Module, on: bool = True) -> int:

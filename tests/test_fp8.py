@@ -51,3 +51,10 @@ def test_fp8_option_checks_device_and_conflicts():
         acc.accelerate(tiny_ldm(), acc.SpeedOptions(fp8=True))
     with pytest.raises(InputError, match="fused_qkv"):
         acc.SpeedOptions(fp8=True, fused_qkv=True).validate()
+
+
+def test_cli_presets_with_fp8():
+    assert acc.resolve_speed() is None
+    opts = acc.resolve_speed(compile=True, fp8=True)
+    assert opts.fp8 and opts.compile and not opts.fused_qkv and opts.channels_last
+    assert acc.resolve_speed(fp8=True) == acc.SpeedOptions(channels_last=True, fp8=True)
