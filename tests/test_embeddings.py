@@ -226,3 +226,28 @@ def test_cli_embedding_option_binds_the_token_after_the_colon(tmp_path, capsys):
     assert "the prompt token is 'zq'" in capsys.readouterr().err
     ids = model.text_encoder.tokenizer("zq", add_special_tokens=False)["input_ids"]
     assert len(ids) == 1 and torch.equal(token_embedding(model.text_encoder).weight[ids[0]], _vectors(1)[0])
+
+
+def test_placeholder_vectors_start_at_each_initializer_piece(text):
+    """An initializer with as many word pieces as vectors starts as that phrase (the prompt with the placeholder
+    encodes exactly like the phrase); otherwise every vector starts at the mean piece."""
+    from condiff.personalize.embeddings import add_placeholder_tokens
+
+    phrase_ctx, _ = text(["a horse face, glossy style"])
+    ids = add_placeholder_tokens(text, "<hf>", 2, "horse face")
+    table = text.bert.embeddings.word_embeddings.weight
+    pieces = text.tokenizer("horse face", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(table[ids], table[pieces])
+    placeholder_ctx, _ = text(["a <hf> <hf>_1, glossy style"])
+    torch.testing.assert_close(placeholder_ctx, phrase_ctx)
+    ids3 = add_placeholder_tokens(text, "<hm>", 3, "horse face")
+    torch.testing.assert_close(table[ids3], table[pieces].mean(0, keepdim=True).expand(3, -1))
+
+
+def test_written_out_multi_vector_token_is_not_expanded_twice():
+    from condiff.personalize.embeddings import expand_prompt
+
+    ex = {"<s>": 3}
+    assert expand_prompt("a <s>, glossy", ex) == "a <s> <s>_1 <s>_2, glossy"
+    assert expand_prompt("a <s> <s>_1 <s>_2, glossy", ex) == "a <s> <s>_1 <s>_2, glossy"
+    assert expand_prompt(expand_prompt("<s> and <s>", ex), ex) == "<s> <s>_1 <s>_2 and <s> <s>_1 <s>_2"

@@ -142,12 +142,14 @@ def own_text_encoder(model: Any) -> Any:
 
 # ---------------------------------------------------------------------------------- prompts
 def expand_prompt(prompt: str, expansions: Mapping[str, int]) -> str:
-    """Replace each whole-word multi-vector token ``tok`` by ``tok tok_1 … tok_{n-1}``."""
+    """Replace each whole-word multi-vector token ``tok`` by ``tok tok_1 … tok_{n-1}``; a token already
+    written out (``tok tok_1 …``, as the training prompts do) is left as it is."""
     for token, n in expansions.items():
         if n <= 1:
             continue
         seq = " ".join([token] + [f"{token}_{i}" for i in range(1, n)])
-        prompt = re.sub(rf"(?<![\w]){re.escape(token)}(?![\w])", lambda _m: seq, prompt)
+        t = re.escape(token)
+        prompt = re.sub(rf"(?<![\w]){t}(?![\w])(?!\s+{t}_1(?![\w]))", lambda _m: seq, prompt)
     return prompt
 
 
@@ -273,13 +275,26 @@ def initializer_vector(text_encoder: Any, initializer: str | None) -> Tensor:
     return emb[list(ids)].float().mean(0).cpu()
 
 
+def initializer_vectors(text_encoder: Any, initializer: str | None, num_vectors: int) -> Tensor:
+    """Starting rows [num_vectors, D]: one per word piece when ``initializer`` has exactly ``num_vectors``
+    pieces (so "horse face" with 2 vectors starts as that phrase), else its mean piece repeated."""
+    if initializer and num_vectors > 1:
+        ids = text_tokenizer(text_encoder)(initializer, add_special_tokens=False)["input_ids"]
+        if len(ids) == num_vectors:
+            check = getattr(text_encoder, "check_token_ids", None)
+            if callable(check):
+                check(ids)
+            return token_embedding(text_encoder).weight.detach()[list(ids)].float().cpu()
+    return initializer_vector(text_encoder, initializer)[None].repeat(num_vectors, 1)
+
+
 def add_placeholder_tokens(text_encoder: Any, token: str, num_vectors: int = 1,
                            initializer: str | None = None) -> list[int]:
-    """New tokens ``token, token_1, …`` whose rows start at the initializer word's embedding (eq. 3.18)."""
+    """New tokens ``token, token_1, …`` whose rows start at the initializer's embedding (eq. 3.18; see
+    :func:`initializer_vectors`)."""
     if num_vectors < 1:
         raise ValueError(f"num_vectors must be ≥ 1, got {num_vectors}")
-    init = initializer_vector(text_encoder, initializer)
-    emb = TextualEmbedding(token, init[None].repeat(num_vectors, 1))
+    emb = TextualEmbedding(token, initializer_vectors(text_encoder, initializer, num_vectors))
     return add_embedding(text_encoder, emb)
 
 
