@@ -6,6 +6,8 @@ at start and reports them in ``/sdapi/v1/options``."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -142,26 +144,20 @@ def test_upscale_runs_in_bf16_on_the_cpu(tmp_path, invoke):
 
 
 # ------------------------------------------------------------------------------------------ condiff serve
-class _Checks(list):
-    """Functions run on the app of ``condiff serve`` (attributes: ``bound``, ``ran``)."""
-
-
 @pytest.fixture
 def served(monkeypatch):
-    """``condiff serve`` in-process: uvicorn.run hands the app to each function in ``served``
-    (while the server's state is open) instead of binding a port; the apps are kept in ``bound``."""
+    """``condiff serve`` in-process: uvicorn.run keeps the app in ``served.apps`` and runs
+    ``served.check(app)`` (while the server's state is open) instead of binding a port."""
     import uvicorn
 
-    checks, bound = _Checks(), []
+    box = SimpleNamespace(apps=[], check=lambda app: None)
 
     def run(app, **kw):
-        bound.append(app)
-        for check in checks:
-            check(app)
+        box.apps.append(app)
+        box.check(app)  # a failed assertion becomes the command's error line and exit status
 
     monkeypatch.setattr(uvicorn, "run", run)
-    checks.bound = bound
-    return checks
+    return box
 
 
 def test_serve_applies_dtype_and_fast_once_and_reports_them(served, invoke):
@@ -176,12 +172,11 @@ def test_serve_applies_dtype_and_fast_once_and_reports_them(served, invoke):
                                                          "height": 64, "seed": 1})
             assert res.status_code == 200, res.text
             assert len(res.json()["images"]) == 1
-        served.ran = True
 
-    served.append(check)
+    served.check = check
     code, _, err = invoke("serve", "--device", "cpu", "--dtype", "bf16", "--fast", "--no-studio", "--port", 7901)
     assert code == 0, err
-    assert getattr(served, "ran", False) and "(bf16, fused_qkv+channels_last)" in err
+    assert len(served.apps) == 1 and "(bf16, fused_qkv+channels_last)" in err
 
 
 def test_server_state_without_speed_options_says_so():
@@ -195,7 +190,7 @@ def test_server_state_without_speed_options_says_so():
 @pytest.mark.parametrize("flags", [["--fp8"], ["--dtype", "fp16"]])
 def test_serve_stops_before_binding_on_an_option_the_device_cannot_run(flags, served, invoke):
     code, _, err = invoke("serve", "--device", "cpu", "--no-studio", *flags)
-    assert code == 1 and not served.bound  # the port was never bound
+    assert code == 1 and not served.apps  # the port was never bound
     assert err.startswith("error: ") and err.strip().count("\n") == 0
 
 
