@@ -187,7 +187,7 @@ def cli(tmp_path, monkeypatch):
     from condiff.models import registry
 
     model = tiny_model()
-    monkeypatch.setattr(cmd, "load_model", lambda name, device: model)
+    monkeypatch.setattr(cmd, "load_model", lambda name, device, dtype: model)
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
     save_int8(controlnet(model), tmp_path / "weights" / "controlnet-canny")
     app = typer.Typer()

@@ -27,6 +27,8 @@ FAST_OPT = typer.Option(False, "--fast", help="Speed options that keep the resul
                         "channels-last); see condiff.acceleration.")
 COMPILE_OPT = typer.Option(False, "--compile", help="--fast plus torch.compile of the U-Net and decoder (the first "
                            "image of each size compiles, later ones run faster).")
+FP8_OPT = typer.Option(False, "--fp8", help="FP8 matrix products in the U-Net's attention and feed-forward layers "
+                       "(Ada/Hopper GPUs only; small image error, see condiff.fp8).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace existing output files.")
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA (off: one "
                             "line per finished output).")
@@ -75,6 +77,8 @@ RUN = [
     ("overwrite", bool, OVERWRITE_OPT), ("progress", bool, PROGRESS_OPT), ("as_json", bool, JSON_OPT),
     ("threads", Optional[int], THREADS_OPT), ("provenance", Optional[bool], PROVENANCE_OPT),
 ]
+#: the speed options (condiff.acceleration) of the commands that sample; give the dict to :func:`speed_up`
+SPEED = [("fast", bool, FAST_OPT), ("compile", bool, COMPILE_OPT), ("fp8", bool, FP8_OPT)]
 
 
 def with_options(**groups: list) -> Callable:
@@ -193,12 +197,24 @@ def load(model: str, device: str | None, dtype: str):
     return load_model(model, device=dev, dtype=resolve_dtype(dtype, dev)).eval()
 
 
-def speed_up(model, fast: bool, compile: bool):
-    """Apply the ``--fast`` / ``--compile`` presets (after LoRAs and embeddings are applied)."""
+def speed_up(model, fast: bool = False, compile: bool = False, fp8: bool = False):
+    """Apply the ``--fast`` / ``--compile`` / ``--fp8`` presets (:func:`condiff.acceleration.resolve_speed`)
+    after LoRAs and embeddings are applied.
+
+    :class:`~condiff.errors.InputError` for a model whose networks :func:`~condiff.acceleration.accelerate`
+    does not cover (it speeds up the U-Nets of latent-diffusion models), never a silent no-op;
+    :class:`~condiff.errors.DeviceError` for an option the device cannot run.
+    """
     from ..acceleration import accelerate, resolve_speed
 
-    options = resolve_speed(fast, compile)
-    return accelerate(model, options) if options is not None else model
+    options = resolve_speed(fast, compile, fp8)
+    if options is None:
+        return model
+    if getattr(model, "unet", None) is None:
+        flags = "/".join(f"--{n}" for n, on in (("fast", fast), ("compile", compile), ("fp8", fp8)) if on)
+        raise InputError(f"{flags} applies to latent-diffusion models only, not "
+                         f"{getattr(model, 'name', type(model).__name__)!r}; run without it")
+    return accelerate(model, options)
 
 
 def output_paths(out: Path, n: int, overwrite: bool = False) -> list[Path]:

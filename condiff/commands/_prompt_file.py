@@ -14,8 +14,11 @@ __all__ = ["generate_from_file"]
 
 def generate_from_file(prompts: Path, out: Path, *, seed: int, n: int, batch: int, defaults: dict[str, Any],
                        model: str, device: str | None, dtype: str, loras: list[str], embeddings: list,
-                       overwrite: bool) -> None:
-    """Every image of ``prompts`` into ``out/NNNNN.png``; the same files on 1 or N processes."""
+                       overwrite: bool, speed: dict | None = None) -> None:
+    """Every image of ``prompts`` into ``out/NNNNN.png``; the same files on 1 or N processes.
+
+    ``speed``: the ``--fast`` / ``--compile`` / ``--fp8`` flags (:func:`condiff.commands._common.speed_up`).
+    """
     from ..pipelines.text2img import generate
     from ..prompt_file import read_prompt_file
     from ..sharding import run_sharded
@@ -26,6 +29,7 @@ def generate_from_file(prompts: Path, out: Path, *, seed: int, n: int, batch: in
     try:
         m = C.load(model, str(ctx.device), dtype)
         applied = C.personalize(m, loras, embeddings)
+        C.speed_up(m, **(speed or {}))
 
         def render(chunk):
             res = generate(m, [j.prompt for j in chunk], seed=[j.seed for j in chunk], batch_size=len(chunk),

@@ -12,17 +12,19 @@ from ..preprocess.domain import DOMAINS
 from . import _common as C
 
 
-def load_model(name_or_path: str, device: str) -> Any:
+def load_model(name_or_path: str, device: str, dtype: str = "auto") -> Any:
     """The model registry's loader (imported lazily; tests replace this function)."""
     from condiff.models.registry import load_model as registry_load
 
-    return registry_load(name_or_path, device=device)
+    dev = V.check_device(device)
+    return registry_load(name_or_path, device=dev, dtype=V.check_dtype(dtype, dev))
 
 
 def register(app: typer.Typer) -> None:
     app.command("control")(control_cmd)
 
 
+@C.with_options(speed=C.SPEED)
 def control_cmd(
     input: Path = typer.Argument(..., help="Picture to take the condition from (or the condition itself with --no-preprocess)."),
     prompt: str = typer.Argument(..., help="Text prompt."),
@@ -38,9 +40,9 @@ def control_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Result PNG (default: INPUT-control.png in the current folder); each condition is written beside it as OUT.TYPE.png."),
     model: str = typer.Option("builtin", "--model", "-m", help="Built-in model name or a local Stable Diffusion path."),
     controlnet: List[Path] = typer.Option([], "--controlnet", help="ControlNet checkpoint per --type, in order (needed for non-built-in models)."),
-    device: Optional[str] = C.DEVICE_OPT, overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
-    as_json: bool = C.JSON_OPT, threads: Optional[int] = C.THREADS_OPT,
-    provenance: Optional[bool] = C.PROVENANCE_OPT,
+    device: Optional[str] = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT, overwrite: bool = C.OVERWRITE_OPT,
+    progress: bool = C.PROGRESS_OPT, as_json: bool = C.JSON_OPT, threads: Optional[int] = C.THREADS_OPT,
+    provenance: Optional[bool] = C.PROVENANCE_OPT, *, speed: dict,
 ) -> None:
     """Generate an image that follows INPUT's edges/depth/normals/pose; saves the condition beside it."""
     from condiff.images import save_png
@@ -57,7 +59,7 @@ def control_cmd(
     out = out or Path.cwd() / f"{input.stem}-control.png"
     cond_paths = {t: out.with_name(f"{out.stem}.{t}.png") for t in types}
     V.check_outputs([out, *cond_paths.values()], overwrite)
-    ldm = load_model(model, str(V.check_device(device)))
+    ldm = C.speed_up(load_model(model, str(V.check_device(device)), dtype), **speed)
     result = control(ldm, input, prompt, kinds=types, scales=scale, preprocess=preprocess, start=start, end=end,
                      controlnets=dict(zip(types, controlnet)) or None, show_progress=progress, **kw)
     params = result.params_for(0)

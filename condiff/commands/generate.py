@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
     app.command("inpaint")(inpaint)
 
 
-@C.with_options(sampling=C.SAMPLING, run=C.RUN)
+@C.with_options(sampling=C.SAMPLING, run=C.RUN, speed=C.SPEED)
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="What to draw, e.g. 'a cat face, flat style' (or --from-png, "
                                            "--prompts)."),
@@ -41,9 +41,8 @@ def generate(
                                            "line); --out is then a folder of NNNNN.png. Runs sharded under torchrun."),
     max_batch: int = typer.Option(8, "--max-batch", min=1, max=256, help="With --prompts: images per network call, "
                                   "1-256 (lines with the same options only)."),
-    fast: bool = C.FAST_OPT, compile_: bool = C.COMPILE_OPT,
     ctx: typer.Context = None,
-    *, sampling: dict, run: dict,
+    *, sampling: dict, run: dict, speed: dict,
 ) -> None:
     """Text to image (one prompt; a picture's recipe with --from-png; a prompt file with --prompts)."""
     from ..pipelines.text2img import generate as pipeline
@@ -52,7 +51,7 @@ def generate(
     if prompts is not None:
         if prompt is not None or from_png is not None:
             raise InputError("give either a PROMPT, --from-png FILE or --prompts FILE, not several")
-        return _from_prompt_file(prompts, out, batch, max_batch, lora, embedding, sampling, run)
+        return _from_prompt_file(prompts, out, batch, max_batch, lora, embedding, sampling, run, speed)
     (prompt, sampling["negative"], sampling["guidance"], sampling["steps"], sampling["sampler"], sampling["seed"],
      run["model"], lora, style_guidance) = rerun_arguments(
         ctx, from_png, prompt, sampling["negative"], sampling["guidance"], sampling["steps"], sampling["sampler"],
@@ -66,7 +65,7 @@ def generate(
     C.check_personalization_files(lora, embedding)
     m = C.load(run["model"], run["device"], run["dtype"])
     applied = C.personalize(m, lora, embedding)
-    C.speed_up(m, fast, compile_)
+    C.speed_up(m, **speed)
     base = None
     if style_guidance:
         base, info = C.classifier_guided(m, style_guidance)
@@ -77,14 +76,14 @@ def generate(
     C.save_result(res, out, run["overwrite"], run["as_json"], run["provenance"])
 
 
-@C.with_options(sampling=C.SAMPLING, run=C.RUN)
+@C.with_options(sampling=C.SAMPLING, run=C.RUN, speed=C.SPEED)
 def sdedit(
     image: Path = typer.Argument(..., help="Input image (a sketch or a picture)."),
     prompt: str = typer.Argument(..., help="What the result should show."),
     strength: float = typer.Option(0.6, "--strength", "-s", min=0.0, max=1.0,
                                    help="SDEdit t0 in [0, 1]: 0 keeps the input, 1 ignores it."),
     out: Path = typer.Option(Path("condiff-sdedit.png"), "--out", "-o", help="Output PNG."),
-    *, sampling: dict, run: dict,
+    *, sampling: dict, run: dict, speed: dict,
 ) -> None:
     """SDEdit (thesis 3.1.2): noise the input to strength t0, then denoise towards the prompt."""
     from ..images import fit_image, load_image
@@ -95,14 +94,14 @@ def sdedit(
     strength = V.check_fraction("strength", strength)
     C.output_paths(out, 1, run["overwrite"])
     img = load_image(image)
-    m = C.load(run["model"], run["device"], run["dtype"])
+    m = C.speed_up(C.load(run["model"], run["device"], run["dtype"]), **speed)
     img = fit_image(img, size=(m.image_size, m.image_size))
     res = pipeline(m, img, prompt, strength=strength, show_progress=run["progress"], **kw)
     res.params["input"] = str(image)
     C.save_result(res, out, run["overwrite"], run["as_json"], run["provenance"])
 
 
-@C.with_options(sampling=C.SAMPLING, run=C.RUN)
+@C.with_options(sampling=C.SAMPLING, run=C.RUN, speed=C.SPEED)
 def inpaint(
     image: Path = typer.Argument(..., help="Input image."),
     mask: Path = typer.Argument(..., help="Mask image, same size: white = repaint (L, RGB or RGBA)."),
@@ -121,7 +120,7 @@ def inpaint(
     no_composite: bool = typer.Option(False, "--no-composite", help="Return the raw model output (pixels outside "
                                       "the mask change)."),
     out: Path = typer.Option(Path("condiff-inpaint.png"), "--out", "-o", help="Output PNG."),
-    *, sampling: dict, run: dict,
+    *, sampling: dict, run: dict, speed: dict,
 ) -> None:
     """Inpainting (thesis 4.3): outside the mask the input is returned exactly (unless --no-composite)."""
     from ..compositing import BLEND_METHODS
@@ -137,7 +136,7 @@ def inpaint(
     C.output_paths(out, 1, run["overwrite"])
     img, msk = load_image(image), load_mask(mask)
     V.check_mask_tensor(msk, img)
-    m = C.load(run["model"], run["device"], run["dtype"])
+    m = C.speed_up(C.load(run["model"], run["device"], run["dtype"]), **speed)
     res = pipeline(m, img, msk, prompt, method=method, blend=blend, color_match=color_match, feather=feather,
               composite=not no_composite, crop_to_mask=crop_to_mask, crop_padding=padding, jump_length=jump_length,
               resamples=resamples, show_progress=run["progress"], **kw)
@@ -146,7 +145,7 @@ def inpaint(
 
 
 def _from_prompt_file(prompts: Path, out: Path, n: int, max_batch: int, lora, embedding, sampling: dict,
-                      run: dict) -> None:
+                      run: dict, speed: dict) -> None:
     from ._prompt_file import generate_from_file
 
     kw = C.sampling(**sampling)
@@ -155,4 +154,4 @@ def _from_prompt_file(prompts: Path, out: Path, n: int, max_batch: int, lora, em
     C.check_personalization_files(lora, embedding)
     generate_from_file(prompts, out, seed=kw["seed"], n=n, batch=max_batch, defaults=defaults, model=run["model"],
                        device=run["device"], dtype=run["dtype"], loras=lora, embeddings=embedding,
-                       overwrite=run["overwrite"])
+                       overwrite=run["overwrite"], speed=speed)

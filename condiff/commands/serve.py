@@ -37,11 +37,19 @@ def check_bind(host: str, listen: bool, auth, insecure: bool) -> str:
     return "0.0.0.0" if host in ("127.0.0.1", "localhost") else host
 
 
+def _speed_note(options: dict) -> str:
+    """The model's dtype and the speed options that are on, e.g. ``fp16, fused_qkv+channels_last``."""
+    on = [k for k, v in (options.get("condiff_speed") or {}).items() if v is True]
+    return ", ".join([str(options.get("condiff_dtype")), *(["+".join(on)] if on else [])])
+
+
+@C.with_options(speed=C.SPEED)
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (loopback only unless --listen)."),
     port: int = typer.Option(7860, "--port", help="TCP port (A1111's default: 7860)."),
     model: str = C.MODEL_OPT,
     device: Optional[str] = C.DEVICE_OPT,
+    dtype: str = C.DTYPE_OPT,
     listen: bool = typer.Option(False, "--listen", help="Serve on all interfaces (0.0.0.0); needs --api-auth or --insecure."),
     api_auth: Optional[str] = typer.Option(None, "--api-auth", help="USER:PASSWORD: require HTTP basic authentication."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow --listen without --api-auth."),
@@ -58,15 +66,20 @@ def serve(
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Folder for long jobs' files (default: a temporary folder)."),
     studio: bool = typer.Option(True, "--studio/--no-studio", help="Also serve the browser studio at /studio (same "
                                 "queue and model)."),
+    *, speed: dict,
 ) -> None:
     """Serve the AUTOMATIC1111-compatible HTTP API (/sdapi/v1, /controlnet) and condiff's own (/condiff/v1).
 
     One process, the model loaded once, every request a job in one FIFO queue. OpenAPI page: /docs.
+    --dtype, --fast, --compile and --fp8 apply once, when the model loads (GET /sdapi/v1/options
+    reports them as condiff_dtype and condiff_speed); an option the device cannot run stops the
+    server before it binds its port.
     """
     import logging
 
     import uvicorn
 
+    from ..acceleration import resolve_speed
     from ..server.app import create_app
     from ..server.state import Limits, ServerState
 
@@ -77,7 +90,8 @@ def serve(
                     max_job_seconds=max_job_seconds, max_queue=max_queue, max_train_steps=max_train_steps,
                     max_train_images=max_train_images)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    state = ServerState.create(model, device, limits=limits, auth=auth, work_dir=work_dir)
+    state = ServerState.create(model, device, dtype=dtype, speed=resolve_speed(**speed), limits=limits, auth=auth,
+                               work_dir=work_dir)
     app = create_app(state)
     shown = "127.0.0.1" if bind == "0.0.0.0" else bind
     pages = f"http://{shown}:{port}/docs"
@@ -86,7 +100,7 @@ def serve(
 
         app = mount_studio(app, state)
         pages += f" and http://{shown}:{port}{STUDIO_PATH}/"
-    typer.echo(f"condiff serve: model {model!r} on {state.device}; {pages}", err=True)
+    typer.echo(f"condiff serve: model {model!r} on {state.device} ({_speed_note(state.options)}); {pages}", err=True)
     try:
         uvicorn.run(app, host=bind, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:

@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
     app.command("variations")(variations)
 
 
+@C.with_options(speed=C.SPEED)
 def variations(
     image: Path = typer.Argument(..., help="The picture to vary (center-cropped to a square)."),
     n: int = typer.Option(4, "--n", "-n", help="Number of variations, 1-64 (--limit n=N); written as OUT-0.png … "
@@ -27,9 +28,9 @@ def variations(
     noise_level: Optional[float] = typer.Option(None, "--noise-level", min=0.0, max=1.0, help="Upsampler noise augmentation in [0, 1] (default: the model card's)."),
     sampler: str = C.SAMPLER_OPT, schedule: Optional[str] = C.SCHEDULE_OPT,
     out: Path = typer.Option(Path("condiff-variations.png"), "--out", "-o", help="Output PNG; several get -0, -1, … suffixes."),
-    device: Optional[str] = C.DEVICE_OPT, overwrite: bool = C.OVERWRITE_OPT, progress: bool = C.PROGRESS_OPT,
-    as_json: bool = C.JSON_OPT, threads: Optional[int] = C.THREADS_OPT,
-    provenance: Optional[bool] = C.PROVENANCE_OPT,
+    device: Optional[str] = C.DEVICE_OPT, dtype: str = C.DTYPE_OPT, overwrite: bool = C.OVERWRITE_OPT,
+    progress: bool = C.PROGRESS_OPT, as_json: bool = C.JSON_OPT, threads: Optional[int] = C.THREADS_OPT,
+    provenance: Optional[bool] = C.PROVENANCE_OPT, *, speed: dict,
 ) -> None:
     """Encode the picture with unCLIP's image tower (unclip-embedder) and decode it with fresh noise: same meaning, new details."""
     from ..images import fit_image, load_image
@@ -45,7 +46,8 @@ def variations(
     img = load_image(image)
     side = min(img.shape[-2:])
     img = fit_image(img, size=(side, side), multiple=1)
-    model = load_unclip(device=C.resolve_device(device))
+    dev = C.resolve_device(device)
+    model = C.speed_up(load_unclip(device=dev, dtype=C.resolve_dtype(dtype, dev)), **speed)
     res = run(model, img, n=n, prompt=prompt, sr_steps=sr_steps, noise_level=noise_level, show_progress=progress,
               **kw)
     res.params["input"] = str(image)

@@ -4,7 +4,8 @@
 browser studio): ``state.model`` is the :class:`~condiff.models.ldm.LatentDiffusion` every image
 pipeline runs on, ``state.queue`` the single :class:`~condiff.server.jobs.JobQueue` all work goes
 through, ``state.limits`` the :class:`Limits` every request is checked against, ``state.options``
-the A1111 ``/sdapi/v1/options`` dictionary. Auxiliary built-in models (ControlNets, the SR3
+the A1111 ``/sdapi/v1/options`` dictionary (with the model's ``condiff_dtype`` and ``condiff_speed``:
+the ``--dtype`` and the speed options of ``condiff serve``, applied once at start). Auxiliary built-in models (ControlNets, the SR3
 stage, unCLIP) are loaded on first use by :meth:`ServerState.aux` (on the worker thread) and kept.
 """
 
@@ -51,8 +52,12 @@ class Limits:
         return asdict(self)
 
 
-def _default_options(model_name: str) -> dict[str, Any]:
-    """The A1111 options condiff understands (others are accepted by POST and ignored)."""
+def _default_options(model_name: str, model: Any = None) -> dict[str, Any]:
+    """The A1111 options condiff understands (others are accepted by POST and ignored), and the
+    model's precision and speed options (read-only: ``condiff_dtype``, ``condiff_speed``)."""
+    from ..validate import DTYPES
+
+    dtype = getattr(model, "dtype", None)
     return {
         "sd_model_checkpoint": model_name,
         "live_previews_enable": True,
@@ -61,6 +66,8 @@ def _default_options(model_name: str) -> dict[str, Any]:
         "enable_pnginfo": True,
         "CLIP_stop_at_last_layers": 1,
         "eta_noise_seed_delta": 0,
+        "condiff_dtype": next((k for k, v in DTYPES.items() if v == dtype), None),
+        "condiff_speed": (getattr(model, "info", None) or {}).get("speed"),
     }
 
 
@@ -84,18 +91,23 @@ class ServerState:
             self.queue = JobQueue(self.limits.max_queue, default_timeout_s=self.limits.max_job_seconds,
                                   on_forget=self._forget)
         if not self.options:
-            self.options = _default_options(self.model_name)
+            self.options = _default_options(self.model_name, self.model)
 
     @classmethod
-    def create(cls, model: str = "builtin", device: str | None = None, *, limits: Limits | None = None,
-               auth: tuple[str, str] | None = None, work_dir: Path | None = None) -> "ServerState":
-        """Load ``model`` once (built-in name or local SD checkpoint) on ``device``."""
-        from ..commands._common import resolve_device
+    def create(cls, model: str = "builtin", device: str | None = None, *, dtype: str = "auto", speed=None,
+               limits: Limits | None = None, auth: tuple[str, str] | None = None,
+               work_dir: Path | None = None) -> "ServerState":
+        """Load ``model`` once (built-in name or local SD checkpoint) on ``device`` in ``dtype``
+        (``auto``: fp16 on CUDA, fp32 on the CPU) and apply ``speed``
+        (:class:`~condiff.acceleration.SpeedOptions`, e.g. from ``resolve_speed``; None: plain eager).
+
+        Raises :class:`~condiff.errors.DeviceError` for a dtype or speed option the device cannot run.
+        """
+        from ..commands._common import resolve_device, resolve_dtype
         from ..models.registry import load_model
 
         dev = resolve_device(device)
-        dtype = torch.float16 if dev.type == "cuda" else torch.float32
-        ldm = load_model(model, device=dev, dtype=dtype).eval()
+        ldm = load_model(model, device=dev, dtype=resolve_dtype(dtype, dev), speed=speed).eval()
         return cls(model=ldm, model_name=model, device=dev, limits=limits or Limits(), auth=auth, work_dir=work_dir)
 
     def aux(self, key: str, loader: Callable[[], Any]) -> Any:
