@@ -92,7 +92,7 @@ def to_float8(net: nn.Module, emulate: bool = False) -> int:
     device = next(net.parameters()).device
     if not emulate and not fp8_supported(device):
         raise DeviceError(f"FP8 matrix products need an NVIDIA GPU of compute capability 8.9+ (Ada/Hopper), "
-                          f"the model is on {device}; drop fp8")
+                          f"the model is on {device}; run without --fp8 (fp8=False)")
     n = 0
     for parent, name, linear in list(_targets(net)):
         if isinstance(linear, nn.Linear) and linear.in_features % 16 == 0 and linear.out_features % 16 == 0:
