@@ -29,7 +29,7 @@ PYTHONPATH=. "$PY" -m training.bundle --out "$S/_minilm"   # the word pieces of 
 cat > "$S/common.sh" <<'EOF'
 set -u
 cd .device/run
-export PYTHONPATH=/tmp/site:$PWD CONDIFF_MINILM_COMPACT=$PWD/_minilm CONDIFF_WEIGHTS=$PWD/w CONDIFF_PROVENANCE=0 PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD CONDIFF_MINILM_COMPACT=$PWD/_minilm/minilm CONDIFF_WEIGHTS=$PWD/w CONDIFF_PROVENANCE=0 PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site whl/*.whl 2>&1 | tail -1
 export TORCHINDUCTOR_CACHE_DIR=$PWD/../inductor-cache  # kept between calls while the machine stays warm
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }

@@ -45,15 +45,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from condiff import acceleration as acc  # noqa: E402
-from condiff.fp8 import fp8_supported, from_float8  # noqa: E402
+from fp8_linear import fp8_supported, from_float8, to_float8  # noqa: E402
 from condiff.denoisers import Cond  # noqa: E402
 from condiff.models.ldm import LatentDiffusion  # noqa: E402
 from condiff.models.sd_configs import CLIP_L_TEXT, SD_VARIANTS  # noqa: E402
 from condiff.schedules import DiscreteSchedule  # noqa: E402
 
 RESULTS: dict = {}
-FP8 = acc.SpeedOptions(channels_last=True, fp8=True)
+FP8 = acc.SpeedOptions(channels_last=True)  # + fp8_linear.to_float8 of the U-Net (with_fp8)
 CUDA_GRAPHS = acc.SpeedOptions(fused_qkv=True, channels_last=True, compile=True, cuda_graphs=True)
+COMPILE = replace(acc.COMPILE, cuda_graphs=False)  # torch.compile's default mode, no CUDA graphs
+
+
+def with_fp8(model, options: acc.SpeedOptions):
+    """``options`` applied to ``model`` after its U-Net's attention/feed-forward linears became FP8."""
+    to_float8(model.unet)
+    return acc.accelerate(model, options)
 OUT: Path = Path(".")
 SECTION = "all"
 
@@ -282,11 +289,11 @@ def section_step(args, dtype, parts):
             compiled = torch.compile(ref_unet, fullgraph=True, dynamic=False, mode=mode)
             run(f"step.diffusers.compile[{mode}]", diffusers_step_fn(compiled, x, ctx), compile_first=True)
     if fp8_supported(x.device):
-        acc.accelerate(model, FP8)
+        with_fp8(model, FP8)
         run("step.condiff.fp8", condiff_step_fn(model, x, ctx))
         reset_condiff(model)
         for mode in args.compile_modes[-1:] if args.compile else ():  # the last (fastest) mode only: compile time
-            acc.accelerate(model, replace(FP8, compile=True, cuda_graphs=mode == "reduce-overhead", compile_mode=mode))
+            with_fp8(model, replace(FP8, compile=True, cuda_graphs=mode == "reduce-overhead", compile_mode=mode))
             run(f"step.condiff.fp8+compile[{mode}]", condiff_step_fn(model, x, ctx), compile_first=True)
             reset_condiff(model)
 
@@ -367,7 +374,7 @@ def section_e2e(args, dtype, parts):
     for b in args.batches:
         run(f"e2e.condiff.fast.b{b}", ours(b), b)
     if args.e2e_compiled:
-        acc.accelerate(model, acc.COMPILE)
+        acc.accelerate(model, COMPILE)
         for b in args.compiled_batches:
             run(f"e2e.condiff.compile.b{b}", ours(b), b, compile_first=True)
         pipe.unet = torch.compile(ref_unet, fullgraph=True, dynamic=False)
@@ -390,7 +397,7 @@ def section_builtin(args, dtype, _parts):
     b = args.builtin_batch
 
     def go(name):
-        fn = lambda: generate(model, "a red circle on a blue background", batch_size=b, show_progress=False)  # noqa: E731
+        fn = lambda: generate(model, "a horse wearing a crown", batch_size=b, show_progress=False)  # noqa: E731
         res = {"batch": b, "size": model.image_size, "steps": model.info["default_steps"]}
         if "compile" in name:
             res["compile_s"] = first_call(fn)
@@ -402,7 +409,7 @@ def section_builtin(args, dtype, _parts):
     acc.accelerate(model, acc.FAST)
     guard("builtin.fast", lambda: go("builtin.fast"))
     if args.compile:
-        acc.accelerate(model, acc.COMPILE)
+        acc.accelerate(model, COMPILE)
         guard("builtin.compile", lambda: go("builtin.compile"))
 
 
@@ -419,7 +426,7 @@ def section_fp8(args, dtype, parts):
 
     def compare(name, model, draw):
         want = draw()
-        acc.accelerate(model, FP8)
+        with_fp8(model, FP8)
         got = draw()
         mse = ((got - want) ** 2).mean(dim=(1, 2, 3)).clamp(min=1e-12)
         record(name, {"psnr_db": round(float((10 * torch.log10(1 / mse)).mean()), 2),
@@ -428,7 +435,7 @@ def section_fp8(args, dtype, parts):
 
     builtin = load_model("builtin", device=args.device, dtype=dtype)
     guard("fp8.quality.builtin", lambda: compare("fp8.quality.builtin", builtin, lambda: generate(
-        builtin, "a red circle on a blue background", batch_size=16, seed=0, show_progress=False).images.float()))
+        builtin, "a horse wearing a crown", batch_size=16, seed=0, show_progress=False).images.float()))
     _, unet, _, vae, text = parts
     model = condiff_model(unet, vae, text)
     size = 512 if not args.tiny else 128
@@ -497,7 +504,7 @@ def section_profile(args, dtype, parts):
     acc.accelerate(model, acc.FAST)
     guard("profile.condiff.fast", lambda: record("profile.condiff.fast", profile_summary(condiff_step_fn(model, x, ctx))))
     if args.compile:
-        acc.accelerate(model, acc.COMPILE)
+        acc.accelerate(model, COMPILE)
         fn = condiff_step_fn(model, x, ctx)
         guard("profile.condiff.compile", lambda: record("profile.condiff.compile", profile_summary(fn)))
     reset_condiff(model)

@@ -150,3 +150,10 @@ def test_load_model_and_cli_take_the_presets(tmp_path):
                                        "--no-progress", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.exists()
+
+
+def test_compile_preset_uses_cuda_graphs_only_on_cuda():
+    model = acc.accelerate(tiny_ldm(), acc.COMPILE, backend="aot_eager")
+    assert acc.COMPILE.cuda_graphs is None and model.info["speed"]["cuda_graphs"] is False
+    with pytest.raises(DeviceError, match="CUDA graphs need a CUDA device"):
+        acc.accelerate(tiny_ldm(), acc.COMPILE, cuda_graphs=True, backend="aot_eager")

@@ -25,10 +25,9 @@ DTYPE_OPT = typer.Option("auto", "--dtype", help="fp32, fp16, bf16 or auto (fp32
                          "needs a GPU).")
 FAST_OPT = typer.Option(False, "--fast", help="Speed options that keep the results (fused QKV projections, "
                         "channels-last); see condiff.acceleration.")
-COMPILE_OPT = typer.Option(False, "--compile", help="--fast plus torch.compile of the U-Net and decoder (the first "
-                           "image of each size compiles, later ones run faster).")
-FP8_OPT = typer.Option(False, "--fp8", help="FP8 matrix products in the U-Net's attention and feed-forward layers "
-                       "(Ada/Hopper GPUs only; small image error, see condiff.fp8).")
+COMPILE_OPT = typer.Option(False, "--compile", help="--fast plus torch.compile of the U-Net and decoder, on CUDA "
+                           "with each step replayed as a CUDA graph (the first image of each size compiles, 35-60 s; "
+                           "later ones run 2-4x faster).")
 OVERWRITE_OPT = typer.Option(False, "--overwrite", help="Replace existing output files.")
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA (off: one "
                             "line per finished output).")
@@ -78,7 +77,7 @@ RUN = [
     ("threads", Optional[int], THREADS_OPT), ("provenance", Optional[bool], PROVENANCE_OPT),
 ]
 #: the speed options (condiff.acceleration) of the commands that sample; give the dict to :func:`speed_up`
-SPEED = [("fast", bool, FAST_OPT), ("compile", bool, COMPILE_OPT), ("fp8", bool, FP8_OPT)]
+SPEED = [("fast", bool, FAST_OPT), ("compile", bool, COMPILE_OPT)]
 
 
 def with_options(**groups: list) -> Callable:
@@ -197,8 +196,8 @@ def load(model: str, device: str | None, dtype: str):
     return load_model(model, device=dev, dtype=resolve_dtype(dtype, dev)).eval()
 
 
-def speed_up(model, fast: bool = False, compile: bool = False, fp8: bool = False):
-    """Apply the ``--fast`` / ``--compile`` / ``--fp8`` presets (:func:`condiff.acceleration.resolve_speed`)
+def speed_up(model, fast: bool = False, compile: bool = False):
+    """Apply the ``--fast`` / ``--compile`` presets (:func:`condiff.acceleration.resolve_speed`)
     after LoRAs and embeddings are applied.
 
     :class:`~condiff.errors.InputError` for a model whose networks :func:`~condiff.acceleration.accelerate`
@@ -207,11 +206,11 @@ def speed_up(model, fast: bool = False, compile: bool = False, fp8: bool = False
     """
     from ..acceleration import accelerate, resolve_speed
 
-    options = resolve_speed(fast, compile, fp8)
+    options = resolve_speed(fast, compile)
     if options is None:
         return model
     if getattr(model, "unet", None) is None:
-        flags = "/".join(f"--{n}" for n, on in (("fast", fast), ("compile", compile), ("fp8", fp8)) if on)
+        flags = "/".join(f"--{n}" for n, on in (("fast", fast), ("compile", compile)) if on)
         raise InputError(f"{flags} applies to latent-diffusion models only, not "
                          f"{getattr(model, 'name', type(model).__name__)!r}; run without it")
     return accelerate(model, options)

@@ -17,7 +17,7 @@ def generate_from_file(prompts: Path, out: Path, *, seed: int, n: int, batch: in
                        overwrite: bool, speed: dict | None = None) -> None:
     """Every image of ``prompts`` into ``out/NNNNN.png``; the same files on 1 or N processes.
 
-    ``speed``: the ``--fast`` / ``--compile`` / ``--fp8`` flags (:func:`condiff.commands._common.speed_up`).
+    ``speed``: the ``--fast`` / ``--compile`` flags (:func:`condiff.commands._common.speed_up`).
     """
     from ..pipelines.text2img import generate
     from ..prompt_file import read_prompt_file

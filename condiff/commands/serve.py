@@ -71,7 +71,7 @@ def serve(
     """Serve the AUTOMATIC1111-compatible HTTP API (/sdapi/v1, /controlnet) and condiff's own (/condiff/v1).
 
     One process, the model loaded once, every request a job in one FIFO queue. OpenAPI page: /docs.
-    --dtype, --fast, --compile and --fp8 apply once, when the model loads (GET /sdapi/v1/options
+    --dtype, --fast and --compile apply once, when the model loads (GET /sdapi/v1/options
     reports them as condiff_dtype and condiff_speed); an option the device cannot run stops the
     server before it binds its port.
     """

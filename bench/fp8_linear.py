@@ -1,4 +1,8 @@
-"""FP8 linear layers for Hopper GPUs (opt-in speed option ``fp8`` of :mod:`condiff.acceleration`).
+"""FP8 linear layers for Ada/Hopper GPUs, measured by ``bench/gpu_speed.py`` (section ``fp8``).
+
+Not a condiff speed option: on an H100 (bf16, SD-1.5 shape) it made the compiled CUDA-graph step slower
+(9.7 vs 7.8 ms) and the eager step much slower (39 vs 21 ms), and cost the built-in model 15 dB of PSNR
+against bf16 on the same seeds (bench/results/gpu_speed-h100-*.json), so it stays here.
 
 A :class:`Float8Linear` computes ``y = x Wᵀ + b`` as an 8-bit floating-point matrix product
 (e4m3: 4 exponent and 3 mantissa bits, largest value 448) on the tensor cores, with row-wise scales
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import DeviceError
+from condiff.errors import DeviceError
 
 __all__ = ["Float8Linear", "to_float8", "from_float8", "fp8_supported", "float8_error"]
 
@@ -70,7 +74,7 @@ class Float8Linear(nn.Module):
 
 def _targets(net: nn.Module):
     """(parent, attribute name, linear) of the attention and feed-forward layers of ``net``."""
-    from .nn.attention import Attention, FeedForward, GEGLU
+    from condiff.nn.attention import Attention, FeedForward, GEGLU
 
     for module in net.modules():
         if isinstance(module, Attention):
