@@ -69,7 +69,7 @@ class SpeedOptions:
 FAST = SpeedOptions(fused_qkv=True, channels_last=True)
 """``--fast``: options that cost no compile time and do not change results beyond summation order. Off by
 default: on an H100 (bf16, SD-1.5 shape, bench/results/gpu_speed-h100-*.json) it changed one CFG step from
-20.7 to 21.0 ms and end-to-end 512² × 30 steps by −16 % (batch 1), +24 % (batch 4) and −3 % (batch 8):
+20.7 to 21.0 ms and the end-to-end time of 512² × 30 steps by −16 % (batch 1), +24 % (batch 4) and −3 % (batch 8):
 the eager step is launch-bound (71 % of its wall time are gaps between kernels)."""
 
 COMPILE = SpeedOptions(fused_qkv=True, channels_last=True, compile=True)
