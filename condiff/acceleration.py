@@ -1,4 +1,4 @@
-"""Speed options for a :class:`~condiff.models.ldm.LatentDiffusion` model (mostly for CUDA GPUs).
+"""Speed options for the diffusion models (mostly for CUDA GPUs).
 
 Each option changes how the networks run, never what they compute (DESIGN.md §7); the error
 each one may introduce is stated here and checked by ``tests/test_speed_options.py``:
@@ -8,10 +8,10 @@ option              what it does                                               e
 ==================  =========================================================  ==================
 ``fused_qkv``       one matrix product for Q, K, V of self-attention (K, V of  summation order only
                     cross-attention) with the stacked weights                  (≤ 1e-6 rel. fp32)
-``channels_last``   NHWC memory layout of the U-Net/VAE weights (cuDNN's       summation order only
-                    fastest convolution layout on tensor cores)
-``compile``         ``torch.compile`` (fullgraph, static shapes) of the U-Net  fused kernels:
-                    forward and of the VAE decoder; recompiles once per shape  ≈ 1e-6 rel. fp32,
+``channels_last``   NHWC memory layout of the convolutional networks' weights  summation order only
+                    (cuDNN's fastest convolution layout on tensor cores)
+``compile``         ``torch.compile`` (fullgraph, static shapes) of each step  fused kernels:
+                    network and of the VAE decoder; recompiles once per shape  ≈ 1e-6 rel. fp32,
                                                                                bf16 rounding in bf16
 ``cuda_graphs``     ``compile`` in "reduce-overhead" mode: each shape's step   as ``compile``
                     is captured once as a CUDA graph and replayed (CUDA only;
@@ -20,6 +20,14 @@ option              what it does                                               e
                     with linear blending (bounded memory for large images)     decoder's GroupNorm
                                                                                sees tile statistics
 ==================  =========================================================  ==================
+
+The options apply to the networks the sampler calls once per step (:func:`accelerated_networks`):
+the ``unet`` and ``inpaint_unet`` of a :class:`~condiff.models.ldm.LatentDiffusion` (whose
+``vae.decoder``, run once per image, is compiled without CUDA graphs); the ``base_unet`` and
+``sr_unet`` of a :class:`~condiff.models.cascade.CascadeModel`; the ``decoder`` U-Net and
+``prior`` of an :class:`~condiff.models.unclip.UnCLIPModel` and the networks of its ``upsampler``
+cascade. The prior is a transformer over embedding vectors: it has no ``Attention`` layers to
+fuse and no convolutions to lay out channels-last, so only ``compile`` changes it.
 
 Classifier-free guidance already evaluates both branches as one batched call
 (:class:`condiff.guidance.ClassifierFreeGuidance`, ``batched=True``), and attention always goes
@@ -41,7 +49,8 @@ from torch import Tensor, nn
 
 from .errors import DeviceError, InputError
 
-__all__ = ["SpeedOptions", "FAST", "COMPILE", "accelerate", "fuse_qkv", "tiled_decode", "resolve_speed"]
+__all__ = ["SpeedOptions", "FAST", "COMPILE", "accelerate", "accelerated_networks", "fuse_qkv", "tiled_decode",
+           "resolve_speed"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,19 @@ def fuse_qkv(net: nn.Module, on: bool = True) -> int:
     return n
 
 
-def _networks(model: Any) -> list[nn.Module]:
-    return [m for m in (getattr(model, "unet", None), getattr(model, "inpaint_unet", None)) if m is not None]
+#: the attributes that hold step networks, over the model classes of the module table
+_STEP_NETWORKS = ("unet", "inpaint_unet", "base_unet", "sr_unet", "decoder", "prior")
+
+
+def _own_networks(model: Any) -> list[nn.Module]:
+    return [m for m in (getattr(model, name, None) for name in _STEP_NETWORKS) if isinstance(m, nn.Module)]
+
+
+def accelerated_networks(model: Any) -> list[nn.Module]:
+    """The networks :func:`accelerate` speeds up in ``model``: those the sampler calls once per step,
+    its ``upsampler``'s included (the module table). Empty: the model has none to speed up."""
+    upsampler = getattr(model, "upsampler", None)
+    return _own_networks(model) + (accelerated_networks(upsampler) if upsampler is not None else [])
 
 
 def _compile(module: nn.Module, options: SpeedOptions) -> None:
@@ -122,12 +142,16 @@ def accelerate(model: Any, options: SpeedOptions | None = None, **changes) -> An
         raise DeviceError(f"CUDA graphs need a CUDA device, the model is on {device}; drop cuda_graphs")
     if options.compile and options.backend == "inductor" and device.type not in ("cuda", "cpu", "xpu"):
         raise DeviceError(f"torch.compile's inductor backend does not support {device.type}; drop compile")
-    nets = _networks(model)
     vae = getattr(model, "vae", None)
-    for net in nets:
+    if not accelerated_networks(model):
+        raise InputError(f"{type(model).__name__} has no network the speed options cover; run it without them")
+    if options.vae_tiling and vae is None:
+        raise InputError(f"vae_tiling applies to latent-diffusion models, {type(model).__name__} has no VAE; "
+                         "drop vae_tiling")
+    for net in _own_networks(model):
         if options.fused_qkv:
             fuse_qkv(net)
-        if options.channels_last:
+        if options.channels_last and any(isinstance(m, nn.Conv2d) for m in net.modules()):
             net.to(memory_format=torch.channels_last)
         if options.compile:
             _compile(net, options)
@@ -138,6 +162,8 @@ def accelerate(model: Any, options: SpeedOptions | None = None, **changes) -> An
             _compile(vae.decoder, replace(options, cuda_graphs=False))
     if options.vae_tiling:
         model.decode_tile = (options.tile, options.tile_overlap)
+    if getattr(model, "upsampler", None) is not None:
+        accelerate(model.upsampler, options)
     model.info["speed"] = {k: v for k, v in asdict(options).items()}
     return model
 

@@ -200,19 +200,19 @@ def speed_up(model, fast: bool = False, compile: bool = False):
     """Apply the ``--fast`` / ``--compile`` presets (:func:`condiff.acceleration.resolve_speed`)
     after LoRAs and embeddings are applied.
 
-    :class:`~condiff.errors.InputError` for a model whose networks :func:`~condiff.acceleration.accelerate`
-    does not cover (it speeds up the U-Nets of latent-diffusion models), never a silent no-op;
+    :class:`~condiff.errors.InputError` for a model with no network :func:`~condiff.acceleration.accelerate`
+    covers (:func:`~condiff.acceleration.accelerated_networks`), never a silent no-op;
     :class:`~condiff.errors.DeviceError` for an option the device cannot run.
     """
-    from ..acceleration import accelerate, resolve_speed
+    from ..acceleration import accelerate, accelerated_networks, resolve_speed
 
     options = resolve_speed(fast, compile)
     if options is None:
         return model
-    if getattr(model, "unet", None) is None:
+    if not accelerated_networks(model):
         flags = "/".join(f"--{n}" for n, on in (("fast", fast), ("compile", compile)) if on)
-        raise InputError(f"{flags} applies to latent-diffusion models only, not "
-                         f"{getattr(model, 'name', type(model).__name__)!r}; run without it")
+        raise InputError(f"{flags} covers no network of {getattr(model, 'name', type(model).__name__)!r}; "
+                         "run without it")
     return accelerate(model, options)
 
 
