@@ -157,3 +157,74 @@ def test_compile_preset_uses_cuda_graphs_only_on_cuda():
     assert acc.COMPILE.cuda_graphs is None and model.info["speed"]["cuda_graphs"] is False
     with pytest.raises(DeviceError, match="CUDA graphs need a CUDA device"):
         acc.accelerate(tiny_ldm(), acc.COMPILE, cuda_graphs=True, backend="aot_eager")
+
+
+# ------------------------------------------------------------------------------ pixel cascade and unCLIP
+def _cascade_images(model):
+    from condiff.pipelines import cascade
+
+    return cascade.generate(model, "a red circle", steps=2, batch_size=2, show_progress=False).images
+
+
+def _unclip_images(model):
+    from condiff.pipelines import unclip
+
+    return unclip.generate(model, "a red circle", steps=2, prior_steps=2, sr_steps=1, batch_size=2,
+                           show_progress=False).images
+
+
+def _tiny_cascade():
+    from test_cascade import tiny_cascade
+
+    return tiny_cascade()
+
+
+def _tiny_unclip():
+    from test_unclip import tiny_unclip
+
+    return tiny_unclip()
+
+
+PIXEL = {"cascade": (_tiny_cascade, _cascade_images, ("base_unet", "sr_unet")),
+         "unclip": (_tiny_unclip, _unclip_images, ("decoder", "prior"))}
+
+
+@pytest.mark.parametrize("kind", list(PIXEL))
+def test_pixel_models_step_networks_are_covered(kind):
+    build, _, names = PIXEL[kind]
+    model = build()
+    nets = acc.accelerated_networks(model)
+    want = [getattr(model, n) for n in names] + ([model.upsampler.sr_unet] if kind == "unclip" else [])
+    assert len(nets) == len(want) and all(a is b for a, b in zip(nets, want))
+    assert acc.accelerated_networks(object()) == []
+    with pytest.raises(InputError, match="no network the speed options cover"):
+        acc.accelerate(type("Bare", (), {"device": torch.device("cpu"), "info": {}})())
+    with pytest.raises(InputError, match="vae_tiling applies to latent-diffusion models"):
+        acc.accelerate(model, acc.SpeedOptions(vae_tiling=True))
+
+
+@pytest.mark.parametrize("kind", list(PIXEL))
+def test_fast_gives_the_same_pixel_images(kind):
+    build, images, _ = PIXEL[kind]
+    want = images(build())
+    model = acc.accelerate(build(), acc.FAST)
+    assert model.info["speed"]["fused_qkv"] and model.info["speed"]["channels_last"]
+    nets = acc.accelerated_networks(model)
+    assert all(m.fused is not None for net in nets for m in net.modules() if isinstance(m, Attention))
+    convs = [net for net in nets if any(isinstance(m, torch.nn.Conv2d) for m in net.modules())]
+    assert convs and all(net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+                         for net in (getattr(n, "unet", n) for n in convs))
+    if kind == "unclip":
+        assert model.upsampler.info["speed"] == model.info["speed"]
+        assert acc.fuse_qkv(model.prior) == 0  # a torch transformer: its attention is already one projection
+    assert (images(model) - want).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", list(PIXEL))
+def test_compiled_pixel_networks_give_the_same_images(kind):
+    build, images, _ = PIXEL[kind]
+    want = images(build())
+    model = acc.accelerate(build(), acc.COMPILE, backend="aot_eager")
+    assert model.info["speed"]["compile"] and model.info["speed"]["cuda_graphs"] is False
+    assert all(net._compiled_call_impl is not None for net in acc.accelerated_networks(model))
+    assert (images(model) - want).abs().max() <= 1e-4
