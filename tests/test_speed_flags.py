@@ -32,16 +32,31 @@ def invoke(capsys):
 
 
 @pytest.fixture
-def tiny(monkeypatch, tmp_path):
+def saved(monkeypatch):
+    """The images each command saves, kept as float tensors (no 8-bit rounding)."""
+    from condiff import images
+
+    kept = []
+    real_save = images.save_png
+
+    def save_png(img, path, *args, **kw):
+        kept.append(img.detach().float().clone())
+        return real_save(img, path, *args, **kw)
+
+    monkeypatch.setattr(images, "save_png", save_png)
+    return kept
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path, saved):
     """Every command loads a fresh tiny random model (the last one is ``loaded[-1]``); the images
     each command saves are kept as float tensors in ``saved``."""
     from test_controlnet_pipeline import controlnet, save_int8, tiny_model
 
-    from condiff import images
     from condiff.commands import control
     from condiff.models import registry
 
-    loaded, saved = [], []
+    loaded = []
 
     def load(factory):
         def loader(name, device="cpu", dtype=torch.float32, **_):
@@ -53,13 +68,6 @@ def tiny(monkeypatch, tmp_path):
     monkeypatch.setattr(control, "load_model", load(tiny_model))
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path / "weights")
     save_int8(controlnet(tiny_model()), tmp_path / "weights" / "controlnet-canny")
-    real_save = images.save_png
-
-    def save_png(img, path, *args, **kw):
-        saved.append(img.detach().float().clone())
-        return real_save(img, path, *args, **kw)
-
-    monkeypatch.setattr(images, "save_png", save_png)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     m = np.zeros((32, 32), np.uint8)
@@ -126,13 +134,41 @@ def test_fp16_on_the_cpu_is_one_error_line(name, tiny, tmp_path, invoke):
     assert err.strip().count("\n") == 0 and err.startswith("error: ") and "fp16" in err
 
 
-def test_models_accelerate_does_not_cover_refuse_the_flags(tmp_path, invoke):
-    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(tmp_path / "in.png")
-    for cmd in (["upscale", tmp_path / "in.png"], ["variations", tmp_path / "in.png", "--n", 1]):
-        code, _, err = invoke(*cmd, "--steps", 1, "--device", "cpu", "--no-progress", "--compile", "--out",
-                              tmp_path / "o.png")
-        assert code == 2 and err.strip().count("\n") == 0, err
-        assert "--compile applies to latent-diffusion models only" in err and not (tmp_path / "o.png").exists()
+PIXEL_COMMANDS = {"upscale": ["upscale", "{tmp}/in.png"], "variations": ["variations", "{tmp}/in.png", "--n", 1,
+                                                                      "--sr-steps", 1]}
+
+
+@pytest.mark.parametrize("name", list(PIXEL_COMMANDS))
+def test_fast_gives_the_same_image_with_the_builtin_pixel_models(name, saved, tmp_path, invoke, monkeypatch):
+    """upscale (pixel cascade) and variations (unCLIP) apply --fast to their step networks."""
+    from condiff import acceleration
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    sped = []
+    real = acceleration.accelerate
+    monkeypatch.setattr(acceleration, "accelerate", lambda m, o=None, **kw: sped.append(real(m, o, **kw))
+                        or sped[-1])
+    args = [a.format(tmp=tmp_path) if isinstance(a, str) else a for a in PIXEL_COMMANDS[name]]
+    for out, flags in (("plain.png", []), ("fast.png", ["--fast"])):
+        code, _, err = invoke(*args, "--steps", 1, "--device", "cpu", "--no-progress", "--no-provenance", "--out",
+                              tmp_path / out, *flags)
+        assert code == 0, err
+    model = sped[-1]  # the outer call (unCLIP's accelerates its upsampler cascade first)
+    assert len(sped) == (2 if name == "variations" else 1)
+    assert model.info["speed"]["fused_qkv"] and model.info["speed"]["channels_last"]
+    assert all(m.fused is not None for net in acceleration.accelerated_networks(model) for m in net.modules()
+               if isinstance(m, Attention))
+    assert len(saved) == 2 and saved[0].shape == saved[1].shape
+    assert (saved[1] - saved[0]).abs().max() <= 1e-4
+
+
+def test_speed_flags_refuse_a_model_with_no_step_network(monkeypatch):
+    from condiff.commands import _common as C
+    from condiff.errors import InputError
+
+    assert C.speed_up(object()) is not None  # no flag: nothing to apply, the model is returned
+    with pytest.raises(InputError, match="--compile covers no network of 'Bare'; run without it"):
+        C.speed_up(SimpleNamespace(name="Bare", info={}), compile=True)
 
 
 def test_upscale_runs_in_bf16_on_the_cpu(tmp_path, invoke):
