@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .denoisers import Cond
 from .noise import NoiseSource
-from .samplers.registry import check_count
+from .samplers.registry import check_knob
 
 __all__ = ["LikelihoodResult", "divergence", "ode_log_likelihood", "bits_per_dim", "TRACE_METHODS", "INTEGRATORS"]
 
@@ -144,7 +144,7 @@ def ode_log_likelihood(
     if method == "rk45":
         latent, delta = _solve_rk45(field, x, u0, u1, rtol, atol)
     else:
-        check_count("steps", steps, 1)
+        check_knob("steps", steps, 1)
         latent, delta = _solve_heun(field, x, u0, u1, steps)
     prior_std = math.sqrt(s_hi**2 + sigma_data**2)
     flat = latent.reshape(B, -1).double()

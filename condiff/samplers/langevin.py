@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..denoisers import Cond, append_dims
 from ..noise import NoiseSource
-from .registry import check_count, register_sampler, report_step, sigma_vector, start
+from .registry import check_knob, register_sampler, report_step, sigma_vector, start
 
 __all__ = ["STEP_RULES", "langevin_corrector", "sample_langevin"]
 
@@ -75,7 +75,7 @@ def sample_langevin(
     One callback per level; the step into σ = 0 ends with x̂0 when ``denoise_last``.
     """
     s, noise = start(sigmas, x, noise, "langevin")
-    check_count("n_steps", n_steps, 1)
+    check_knob("n_steps", n_steps, 1)
     if step_scale is not None and epsilon is not None:
         raise ValueError("pass either step_scale or epsilon, not both")
     sigma_last = s[-2]

@@ -46,7 +46,7 @@ __all__ = [
     "SCHEDULES",
     "prepare_sigmas",
     "start",
-    "check_count",
+    "check_knob",
     "require_noise",
     "sigma_vector",
     "report_step",
@@ -142,7 +142,7 @@ def make_sigmas(
     ``rho`` shapes the Karras schedule; ``spacing`` ("trailing", "leading", "linspace") picks the
     timesteps of the ``model`` schedule (:meth:`DiscreteSchedule.timestep_sigmas`).
     """
-    check_count("steps", steps, 1)
+    check_knob("steps", steps, 1)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     table = model_schedule(denoiser)
@@ -186,7 +186,7 @@ def start(sigmas: Tensor, x: Tensor, noise: NoiseSource | None = None, stochasti
     return s, noise
 
 
-def check_count(name: str, value, minimum: int) -> int:
+def check_knob(name: str, value, minimum: int) -> int:
     """A count knob (steps, Langevin steps, corrector steps): an ``int`` ≥ ``minimum``, not a bool."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")

@@ -33,7 +33,7 @@ from ..denoisers import Cond
 from ..noise import NoiseSource
 from ..sde import SDE
 from .langevin import langevin_corrector
-from .registry import check_count, register_sampler, report_step, sigma_vector, start
+from .registry import check_knob, register_sampler, report_step, sigma_vector, start
 
 __all__ = ["reverse_sde_step", "sample_euler_maruyama", "sample_pc"]
 
@@ -118,7 +118,7 @@ def sample_pc(
     """Predictor–corrector sampling: corrector at σ_i (snr rule), then an EM predictor step."""
     s, noise = start(sigmas, x, noise, "pc")
     _check_sde(sde)
-    check_count("n_corrector", n_corrector, 0)
+    check_knob("n_corrector", n_corrector, 0)
     for i in range(len(s) - 1):
         x, _ = langevin_corrector(denoiser, x, s[i], noise=noise, cond=cond, snr=snr, n_steps=n_corrector)
         x, denoised = reverse_sde_step(denoiser, x, s[i], s[i + 1], noise=noise, cond=cond, sde=sde)
