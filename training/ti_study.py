@@ -73,11 +73,6 @@ def fixed_loss(model, prompt: str, views: torch.Tensor, n: int = 48, seed: int =
     return round(float(diffusion_loss(model)(model.denoiser(), z, prompt_cond(model, [prompt] * n), g).mean()), 5)
 
 
-def evaluate(ctx, cfg, name, model, inputs, base_class):
-    values, _, images, per_prompt = _evaluate_variant(ctx, cfg, name, model, inputs, base_class)
-    return values, images
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -101,7 +96,7 @@ def main(argv=None) -> None:
     results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                "images_per_prompt": a.images, "sampling_steps": a.sampling_steps, "settings": {}}
     t0 = time.perf_counter()
-    base_values, base_images = evaluate(ctx, cfg, "base", model, inputs, None)
+    base_values, _, base_images, _ = _evaluate_variant(ctx, cfg, "base", model, inputs, None)
     results["base"] = {k: summarize(v) for k, v in base_values.items()}
     results["base_s"] = round(time.perf_counter() - t0, 1)
     results["reference_loss"] = {p: {"train": fixed_loss(model, p, inputs["images"]),
@@ -117,7 +112,7 @@ def main(argv=None) -> None:
         res = train_textual_inversion(work, ImageSet(inputs["images"] * 2 - 1), ti, out=a.out / f"{name}.safetensors",
                                       overwrite=True)
         train_s = time.perf_counter() - t0
-        values, _ = evaluate(ctx, cfg, "textual_inversion", work, inputs, base_images[-1])
+        values, *_ = _evaluate_variant(ctx, cfg, "textual_inversion", work, inputs, base_images[-1])
         entry = {**{k: v for k, v in s.items() if k != "templates"}, "templates": "gal" if s["templates"] is GAL else "world",
                  "steps": steps, "train_s": round(train_s, 1), "final_loss": res.loop.history[-1].get("loss") if res.loop.history else None,
                  "vector_norm": float(res.embedding.vectors.norm(dim=-1).mean()),
